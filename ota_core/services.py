@@ -1,0 +1,97 @@
+"""Wiring: builds the adapters every service needs from one :class:`Settings`.
+
+This is the composition root shared by ``ota run``, ``ota bridge`` and ``ota
+http``. It opens the database (migrating it), loads the release key, and offers
+a :class:`CatalogCache` that refreshes its snapshot when the catalog revision in
+the database changes — that revision is how the admin side and the bridge
+coordinate when they run as separate processes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ota_core.catalog import Catalog
+from ota_core.keyfiles import PUBLIC_KEY_NAME, load_signer, write_private_file
+from ota_core.offers import OfferBuilder
+from ota_core.package_files import PackageFolder
+from ota_core.releases import ReleaseService
+from ota_core.settings import Settings
+from ota_core.store import Database, DeviceRegistry, ReleaseStore, open_database
+
+
+class CatalogCache:
+    """Thread-safe catalog snapshot, reloaded only when the database revision moves."""
+
+    def __init__(self, store: ReleaseStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._catalog = store.load_catalog()
+
+    @property
+    def current(self) -> Catalog:
+        return self._catalog
+
+    def refresh(self) -> Catalog:
+        """Reload if stale; cheap when nothing changed (one tiny SELECT)."""
+        revision = self._store.revision()
+        if revision != self._catalog.revision:
+            with self._lock:
+                if revision != self._catalog.revision:
+                    self._catalog = self._store.load_catalog()
+        return self._catalog
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    releases: ReleaseService
+    registry: DeviceRegistry
+    packages: PackageFolder
+    offers: OfferBuilder
+    catalog: CatalogCache = field(repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        database = open_database(settings.resolved_database_url)
+        store = ReleaseStore(database)
+        packages = PackageFolder(settings.packages_dir)
+        releases = ReleaseService(store, packages, load_signer(settings.keys_dir))
+        return cls(
+            settings=settings,
+            database=database,
+            releases=releases,
+            registry=DeviceRegistry(database),
+            packages=packages,
+            offers=OfferBuilder(settings.package_base_url),
+            catalog=CatalogCache(store),
+        )
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.settings.keys_dir / PUBLIC_KEY_NAME
+
+    def close(self) -> None:
+        self.database.dispose()
+
+
+def resolve_admin_password(settings: Settings) -> tuple[str, bool]:
+    """The admin password: ``OTA_ADMIN_PASSWORD``, else the stored one, else a new one.
+
+    Returns (password, newly_generated). A generated password is kept in
+    ``<data_dir>/admin-password`` with mode 0600 so restarts keep it.
+    """
+    if settings.admin_password is not None:
+        return settings.admin_password.get_secret_value(), False
+    path = settings.admin_password_file
+    if path.exists():
+        stored = path.read_text().strip()
+        if stored:
+            return stored, False
+    password = secrets.token_urlsafe(18)
+    write_private_file(path, (password + "\n").encode())
+    return password, True

@@ -1,0 +1,102 @@
+"""One settings class for every service, read from ``OTA_*`` environment variables.
+
+CLI flags override the environment (``ota run --http-port 18000`` equals
+``OTA_HTTP_PORT=18000``). Paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ota_core.models import MAX_MESSAGE_BYTES
+from ota_core.topics import DEFAULT_PREFIX, TopicScheme
+
+#: Passwords nobody may deploy with.
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "changethis", "admin", "password", "secret"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    # Where things listen.
+    host: str = Field("127.0.0.1", description="address the embedded broker and HTTP side bind to")
+    mqtt_port: int = Field(1883, ge=1, le=65535, description="embedded broker port")
+    http_port: int = Field(8000, ge=1, le=65535)
+    # When set, connect to this broker and start no embedded one: mqtt://host:port.
+    broker_url: str | None = None
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_client_id: str = "ota-bridge"
+    # MQTT protocol the bridge speaks to an external broker: "5" or "3.1.1".
+    mqtt_protocol: str = "5"
+    topic_prefix: str = DEFAULT_PREFIX
+
+    # Folders.
+    data_dir: Path = Path("data")
+    keys_dir: Path = Path("keys")
+    packages_dir: Path = Path("packages")
+    database_url: str | None = None
+
+    # Admin.
+    admin_password: SecretStr | None = None
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
+
+    # Devices.
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=256)
+    package_base_url: str = ""
+    catalog_poll_seconds: float = Field(0.5, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("admin_password")
+    @classmethod
+    def _refuse_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret = value.get_secret_value()
+            if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < 8:
+                raise ValueError(
+                    "OTA_ADMIN_PASSWORD is a placeholder or shorter than 8 characters; "
+                    "set a real one or leave it unset to have one generated"
+                )
+        return value
+
+    @field_validator("mqtt_protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value not in {"5", "3.1.1"}:
+            raise ValueError("OTA_MQTT_PROTOCOL must be 5 or 3.1.1")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _valid_broker_url(cls, value: str | None) -> str | None:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in {"mqtt", "mqtts", "tcp"} or not parts.hostname:
+                raise ValueError("OTA_BROKER_URL must look like mqtt://host:1883")
+        return value or None
+
+    @property
+    def topics(self) -> TopicScheme:
+        return TopicScheme(self.topic_prefix)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ota.sqlite3').resolve()}"
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.data_dir / "admin-password"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker the bridge talks to: the external one, or the embedded one."""
+        if self.broker_url:
+            return self.broker_url
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::"} else self.host  # noqa: S104
+        return f"mqtt://{host}:{self.mqtt_port}"
