@@ -61,6 +61,10 @@ DeviceId = Identifier
 BuildId = Identifier
 HardwareId = Identifier
 Channel = Identifier
-Filename = Annotated[str, StringConstraints(pattern=FILENAME_PATTERN), AfterValidator(_check_filename_field)]
-VersionStr = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_version)]
+Filename = Annotated[
+    str, StringConstraints(pattern=FILENAME_PATTERN), AfterValidator(_check_filename_field)
+]
+VersionStr = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_version)
+]
 RequestId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$")]

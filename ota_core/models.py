@@ -45,7 +45,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def load_json_object(payload: bytes, what: str, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+def load_json_object(
+    payload: bytes, what: str, max_bytes: int = MAX_MESSAGE_BYTES
+) -> dict[str, Any]:
     """Decode ``payload`` as one JSON object, refusing anything oversized or odd."""
     if len(payload) > max_bytes:
         raise PayloadTooLarge(f"{what} is {len(payload)} bytes; the limit is {max_bytes}")

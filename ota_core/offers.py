@@ -52,7 +52,9 @@ class OfferBuilder:
             )
         return self.update_offer(decision.release, device.device_id, request_id)
 
-    def for_announcement(self, catalog: Catalog, device_id: str, announcement: Announcement) -> Offer:
+    def for_announcement(
+        self, catalog: Catalog, device_id: str, announcement: Announcement
+    ) -> Offer:
         facts = DeviceFacts(
             device_id=device_id,
             build_id=announcement.build_id,
@@ -64,4 +66,6 @@ class OfferBuilder:
 
 
 def error_reply(device_id: str, request_id: str | None, error: OtaError) -> ErrorReply:
-    return ErrorReply(device_id=device_id, request_id=request_id, error=error.code, detail=error.detail)
+    return ErrorReply(
+        device_id=device_id, request_id=request_id, error=error.code, detail=error.detail
+    )

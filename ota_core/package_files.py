@@ -93,7 +93,9 @@ class PackageFolder:
                 for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:
-                        raise PayloadTooLarge(f"package is larger than the limit of {max_bytes} bytes")
+                        raise PayloadTooLarge(
+                            f"package is larger than the limit of {max_bytes} bytes"
+                        )
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()

@@ -68,7 +68,9 @@ class ReleaseService:
         catalog.check_can_add(request.build_id, request.filename, counter)
         return catalog, counter
 
-    def _sign_and_store(self, request: ReleaseRequest, counter: int, sha256: str, size: int) -> Release:
+    def _sign_and_store(
+        self, request: ReleaseRequest, counter: int, sha256: str, size: int
+    ) -> Release:
         release = sign_release(
             self.signer,
             build_id=request.build_id,
@@ -118,18 +120,25 @@ class ReleaseService:
         added: list[Release] = []
         problems: list[str] = []
         for build_id, entry in data.items():
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("version"), str) \
-                    or not isinstance(entry.get("filename"), str):
+            if (
+                not isinstance(entry, Mapping)
+                or not isinstance(entry.get("version"), str)
+                or not isinstance(entry.get("filename"), str)
+            ):
                 problems.append(f"{build_id}: needs string 'version' and 'filename'")
                 continue
             try:
-                added.append(self.add_existing(ReleaseRequest(
-                    build_id=str(build_id),
-                    version=entry["version"],
-                    filename=entry["filename"],
-                    hardware=entry.get("hardware"),
-                    channel=entry.get("channel"),
-                )))
+                added.append(
+                    self.add_existing(
+                        ReleaseRequest(
+                            build_id=str(build_id),
+                            version=entry["version"],
+                            filename=entry["filename"],
+                            hardware=entry.get("hardware"),
+                            channel=entry.get("channel"),
+                        )
+                    )
+                )
             except OtaError as e:
                 problems.append(f"{build_id}: {e.detail}")
         return added, problems

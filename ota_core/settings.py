@@ -16,7 +16,9 @@ from ota_core.models import MAX_MESSAGE_BYTES
 from ota_core.topics import DEFAULT_PREFIX, TopicScheme
 
 #: Passwords nobody may deploy with.
-PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "changethis", "admin", "password", "secret"})
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "changethis", "admin", "password", "secret"}
+)
 
 
 class Settings(BaseSettings):
@@ -98,5 +100,5 @@ class Settings(BaseSettings):
         """The broker the bridge talks to: the external one, or the embedded one."""
         if self.broker_url:
             return self.broker_url
-        host = "127.0.0.1" if self.host in {"0.0.0.0", "::"} else self.host  # noqa: S104
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::"} else self.host
         return f"mqtt://{host}:{self.mqtt_port}"

@@ -108,4 +108,6 @@ class ReleaseVerifier:
             signature = bytes.fromhex(signature_hex)
             self.public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
         except (ValueError, InvalidSignature) as e:
-            raise VerificationFailed(reason, "signature does not verify with the release key") from e
+            raise VerificationFailed(
+                reason, "signature does not verify with the release key"
+            ) from e

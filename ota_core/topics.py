@@ -49,7 +49,9 @@ class TopicScheme:
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.fullmatch(self.prefix):
-            raise InvalidInput(f"topic prefix {self.prefix!r} must be plain levels with no wildcards")
+            raise InvalidInput(
+                f"topic prefix {self.prefix!r} must be plain levels with no wildcards"
+            )
 
     def topic(self, device_id: str, kind: TopicKind) -> DeviceTopic:
         return DeviceTopic(self.prefix, check_device_id(device_id), kind)
@@ -72,7 +74,7 @@ class TopicScheme:
         head = f"{self.prefix}/devices/"
         if not topic.startswith(head):
             raise InvalidInput(f"topic {topic!r} is not under {head}")
-        rest = topic[len(head):]
+        rest = topic[len(head) :]
         device_id, sep, kind = rest.rpartition("/")
         if not sep:
             raise InvalidInput(f"topic {topic!r} has no message kind")

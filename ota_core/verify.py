@@ -70,7 +70,8 @@ class OfferChecker:
             )
         if parse_version(manifest.version) <= parse_version(self.installed_version):
             raise VerificationFailed(
-                "rollback", f"{manifest.version} is not newer than installed {self.installed_version}"
+                "rollback",
+                f"{manifest.version} is not newer than installed {self.installed_version}",
             )
         return manifest
 

@@ -109,7 +109,9 @@ class DeviceRegistry:
                 "last_status_at": event.at,
             }
         if exists:
-            conn.execute(table.update().where(table.c.device_id == event.device_id).values(**values))
+            conn.execute(
+                table.update().where(table.c.device_id == event.device_id).values(**values)
+            )
         else:
             conn.execute(table.insert().values(device_id=event.device_id, **values))
 

@@ -27,9 +27,11 @@ def _to_release(row: Any) -> Release:
 
 
 def _bump_revision(conn: Connection) -> None:
-    conn.execute(update(catalog_state).where(catalog_state.c.id == 1).values(
-        revision=catalog_state.c.revision + 1
-    ))
+    conn.execute(
+        update(catalog_state)
+        .where(catalog_state.c.id == 1)
+        .values(revision=catalog_state.c.revision + 1)
+    )
 
 
 class ReleaseStore:
