@@ -12,7 +12,7 @@ from .conftest import make_release
 
 
 def test_checksum_signature_passes_the_seed_devices_own_check(signer: ReleaseSigner) -> None:
-    """The seed's device example loads public.pem and verifies PKCS#1 v1.5/SHA-256 over the hex text."""
+    """The seed's device verifies PKCS#1 v1.5/SHA-256 over the checksum's hex text."""
     checksum = hashlib.sha256(b"firmware").hexdigest()
     release = make_release(signer, "b1", "1.0.0", 1, sha256=checksum)
     public_pem = public_key_to_pem(signer.private_key.public_key())
