@@ -21,7 +21,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from ota_core.errors import OtaError
-from ota_core.keyfiles import ensure_release_keys
+from ota_core.keyfiles import (
+    ensure_offer_key,
+    ensure_release_keys,
+    load_signer,
+    published_offer_keys,
+    rotate_offer_key,
+)
 from ota_core.settings import Settings
 
 log = logging.getLogger("ota")
@@ -104,6 +110,9 @@ def _prepare_keys(settings: Settings) -> None:
     created, key_id = ensure_release_keys(settings.keys_dir)
     if created:
         print(f"Generated a development release key in {settings.keys_dir}/ (key_id {key_id})")
+    created, key_id = ensure_offer_key(settings.keys_dir, load_signer(settings.keys_dir))
+    if created:
+        print(f"Generated an offer signing key in {settings.keys_dir}/ (key_id {key_id})")
 
 
 # --- subcommands -----------------------------------------------------------------
@@ -139,6 +148,7 @@ async def _run_all(
     settings: Settings, services: Any, password: str, generated: bool, embedded: bool
 ) -> None:
     import uvicorn
+
     from broker_bridge.bridge import Bridge
     from broker_bridge.embedded import EmbeddedBroker
     from http_files.app import create_app
@@ -197,7 +207,6 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     _configure_logging(settings)
     from broker_bridge.bridge import Bridge
-
     from ota_core.services import Services
 
     services = Services.from_settings(settings)
@@ -215,8 +224,8 @@ def cmd_http(args: argparse.Namespace) -> int:
         settings.host, settings.http_port, "HTTP", "OTA_HTTP_PORT", "--http-port", 18000
     )
     import uvicorn
-    from http_files.app import create_app
 
+    from http_files.app import create_app
     from ota_core.services import Services, resolve_admin_password
 
     password, generated = resolve_admin_password(settings)
@@ -238,12 +247,32 @@ def cmd_http(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     created, key_id = ensure_release_keys(settings.keys_dir)
-    if created:
-        print(f"Created release key pair in {settings.keys_dir}/ (key_id {key_id})")
-    else:
-        print(
-            f"Release key already present in {settings.keys_dir}/ (key_id {key_id}); left unchanged"
-        )
+    state = "Created" if created else "Kept the existing"
+    print(f"{state} release key pair in {settings.keys_dir}/ (RSA, key_id {key_id})")
+    created, key_id = ensure_offer_key(settings.keys_dir, load_signer(settings.keys_dir))
+    state = "Created" if created else "Kept the existing"
+    print(f"{state} offer key in {settings.keys_dir}/ (Ed25519, key_id {key_id})")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    grace = settings.offer_key_grace_seconds if args.grace_seconds is None else args.grace_seconds
+    new_id, retired = rotate_offer_key(settings.keys_dir, load_signer(settings.keys_dir), grace)
+    print(f"New current offer key {new_id}.")
+    for key_id in retired:
+        print(f"Offer key {key_id} retired: still verifiable for {grace} s, private half deleted.")
+    print("Running bridges pick the new key up within a second; GET /keys lists both.")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    signer = load_signer(settings.keys_dir)
+    print(f"release  {signer.key_id}  RSA-2048  {settings.keys_dir / 'public.pem'}")
+    for entry in published_offer_keys(settings.keys_dir):
+        status, until = entry["status"], entry["not_after"]
+        print(f"offer    {entry['key_id']}  Ed25519   {status}, valid until {until}")
     return 0
 
 
@@ -379,6 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="create the release signing key pair if missing")
     _setting_flags(keygen, listen=False, broker=False)
     keygen.set_defaults(func=cmd_keygen)
+
+    keys = sub.add_parser("keys", help="inspect and rotate signing keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = ksub.add_parser(
+        "rotate", help="add a new offer key; keep the old one for a grace period"
+    )
+    rotate.add_argument(
+        "--grace-seconds", type=int, help="(default OTA_OFFER_KEY_GRACE_SECONDS, 7 days)"
+    )
+    _setting_flags(rotate, listen=False, broker=False)
+    rotate.set_defaults(func=cmd_keys_rotate)
+    klist = ksub.add_parser("list", help="show the release key and the published offer keys")
+    _setting_flags(klist, listen=False, broker=False)
+    klist.set_defaults(func=cmd_keys_list)
 
     release = sub.add_parser("release", help="manage releases")
     rsub = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")

@@ -20,6 +20,7 @@ an MQTT error reply (:attr:`OtaError.code`). Nothing else is caught broadly.
     ├── KeyMaterialError           key-error            500
     ├── VerificationFailed         (device side)        -
     └── ServiceUnavailable         unavailable          503
+        └── PortInUse              port-in-use          503
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ class KeyMaterialError(OtaError):
 class ServiceUnavailable(OtaError):
     code = "unavailable"
     http_status = 503
+
+
+class PortInUse(ServiceUnavailable):
+    """A port this product must listen on is taken; the detail says how to pick another."""
+
+    code = "port-in-use"
 
 
 class VerificationFailed(OtaError):

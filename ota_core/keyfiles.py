@@ -1,10 +1,20 @@
-"""Key material on disk: ``keys/private.pem`` (0600) and ``keys/public.pem``."""
+"""Key material on disk.
+
+* ``keys/private.pem`` (0600) and ``keys/public.pem``: the RSA release key.
+* ``keys/offer-<key_id>.pem`` (0600): the online Ed25519 offer key(s).
+* ``keys/offer-keys.json``: the offer keyring, public halves with their
+  release-key certificates, current and in-grace keys.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
+from ota_core.envelope import OfferKeyCertificate, OfferSigner
 from ota_core.errors import KeyMaterialError
 from ota_core.signing import (
     ReleaseSigner,
@@ -64,3 +74,128 @@ def load_verifier(public_key_path: Path) -> ReleaseVerifier:
     except OSError as e:
         raise KeyMaterialError(f"cannot read the public key {public_key_path}: {e.strerror}") from e
     return ReleaseVerifier.from_pem(pem)
+
+
+# --- the online offer key (Ed25519) ----------------------------------------------------
+
+OFFER_KEYRING_NAME = "offer-keys.json"
+DEFAULT_OFFER_KEY_VALIDITY_SECONDS = 365 * 24 * 3600
+
+
+def _offer_private_path(keys_dir: Path, key_id: str) -> Path:
+    return keys_dir / f"offer-{key_id}.pem"
+
+
+def _read_keyring(keys_dir: Path) -> list[dict[str, Any]]:
+    path = keys_dir / OFFER_KEYRING_NAME
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise KeyMaterialError(f"cannot read the offer keyring {path}: {e}") from e
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list):
+        raise KeyMaterialError(f"offer keyring {path} has no 'keys' list")
+    return keys
+
+
+def _write_keyring(keys_dir: Path, entries: list[dict[str, Any]]) -> None:
+    # Public data only, but written atomically so a reader never sees half a file.
+    path = keys_dir / OFFER_KEYRING_NAME
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"keys": entries}, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _new_offer_entry(
+    keys_dir: Path, release_signer: ReleaseSigner, now: int, validity_seconds: int
+) -> dict[str, Any]:
+    signer = OfferSigner.generate()
+    write_private_file(_offer_private_path(keys_dir, signer.key_id), signer.to_pem())
+    cert, certificate = OfferKeyCertificate.issue(release_signer, signer, now + validity_seconds)
+    return {
+        **cert.model_dump(mode="json"),
+        "certificate": certificate,
+        "created_at": now,
+        "retired_at": None,
+    }
+
+
+def ensure_offer_key(
+    keys_dir: Path,
+    release_signer: ReleaseSigner,
+    validity_seconds: int = DEFAULT_OFFER_KEY_VALIDITY_SECONDS,
+) -> tuple[bool, str]:
+    """Create the first offer key if the keyring has no current one. Returns (created, key_id)."""
+    entries = _read_keyring(keys_dir)
+    current = [e for e in entries if e.get("retired_at") is None]
+    if current:
+        return False, str(current[-1]["key_id"])
+    entry = _new_offer_entry(keys_dir, release_signer, int(time.time()), validity_seconds)
+    _write_keyring(keys_dir, [*entries, entry])
+    return True, str(entry["key_id"])
+
+
+def rotate_offer_key(
+    keys_dir: Path,
+    release_signer: ReleaseSigner,
+    grace_seconds: int,
+    validity_seconds: int = DEFAULT_OFFER_KEY_VALIDITY_SECONDS,
+) -> tuple[str, list[str]]:
+    """Make a new current offer key; keep the old ones verifiable for ``grace_seconds``.
+
+    The old keys' certificates are re-issued to end with the grace period, and
+    their private halves are deleted: nothing signs with them any more.
+    Returns (new key id, retired key ids).
+    """
+    now = int(time.time())
+    entries = _read_keyring(keys_dir)
+    retired: list[str] = []
+    for entry in entries:
+        if entry.get("retired_at") is None:
+            entry["retired_at"] = now
+            entry["not_after"] = min(int(entry["not_after"]), now + grace_seconds)
+            cert = OfferKeyCertificate(
+                key_id=entry["key_id"], public_key=entry["public_key"], not_after=entry["not_after"]
+            )
+            entry["certificate"] = release_signer.sign(cert.to_bytes())
+            _offer_private_path(keys_dir, entry["key_id"]).unlink(missing_ok=True)
+            retired.append(entry["key_id"])
+    new = _new_offer_entry(keys_dir, release_signer, now, validity_seconds)
+    # Drop keys whose grace period ended long ago: the list only grows by rotations.
+    kept = [e for e in entries if int(e["not_after"]) >= now]
+    _write_keyring(keys_dir, [*kept, new])
+    return str(new["key_id"]), retired
+
+
+def load_offer_signer(keys_dir: Path) -> OfferSigner | None:
+    """The current offer key, or None when the keyring has none (offers go unsealed)."""
+    current = [e for e in _read_keyring(keys_dir) if e.get("retired_at") is None]
+    if not current:
+        return None
+    path = _offer_private_path(keys_dir, str(current[-1]["key_id"]))
+    try:
+        return OfferSigner.from_pem(path.read_bytes())
+    except OSError as e:
+        raise KeyMaterialError(f"cannot read the offer key {path}: {e.strerror}") from e
+
+
+def published_offer_keys(keys_dir: Path, now: int | None = None) -> list[dict[str, Any]]:
+    """Offer keys still valid, each with its release-key certificate (``GET /keys``)."""
+    moment = int(time.time()) if now is None else now
+    published = []
+    for entry in _read_keyring(keys_dir):
+        if int(entry["not_after"]) < moment:
+            continue
+        published.append(
+            {
+                "key_id": entry["key_id"],
+                "public_key": entry["public_key"],
+                "not_after": entry["not_after"],
+                "purpose": entry.get("purpose", "offer"),
+                "certificate": entry["certificate"],
+                "status": "current" if entry.get("retired_at") is None else "grace",
+            }
+        )
+    return published

@@ -187,6 +187,9 @@ class StatusReport(_WireModel):
 class _Offer(_WireModel):
     device_id: DeviceId
     request_id: RequestId | None = None
+    # Set when the bridge has an offer key: see ota_core.envelope.
+    envelope: str | None = None
+    envelope_signature: HexSignature | None = None
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

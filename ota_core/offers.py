@@ -2,58 +2,107 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ota_core.catalog import Catalog
+from ota_core.envelope import OfferSigner
 from ota_core.errors import OtaError
 from ota_core.models import Announcement, ErrorReply, Offer, Release, UpdateOffer, UpToDate
 from ota_core.policy import DeviceFacts, decide
 
+#: How long a signed offer stays valid. A device that gets an older one (say,
+#: queued in its persistent session while it was offline) re-announces.
+DEFAULT_OFFER_TTL_SECONDS = 24 * 3600
+
+_O = TypeVar("_O", UpdateOffer, UpToDate, ErrorReply)
+
 
 @dataclass(frozen=True)
 class OfferBuilder:
-    """Builds offers; ``package_base_url`` is prefixed to ``/packages/<filename>``.
+    """Builds offers, sealing each in a device-bound envelope when it has an offer key.
 
-    Empty by default, which keeps the seed's relative ``url`` field.
+    ``package_base_url`` is prefixed to ``/packages/<filename>``; empty by
+    default, which keeps the seed's relative ``url`` field.
     """
 
     package_base_url: str = ""
+    offer_signer: OfferSigner | None = None
+    ttl_seconds: int = DEFAULT_OFFER_TTL_SECONDS
+    clock: Callable[[], float] = field(default=time.time, compare=False)
 
     def package_url(self, release: Release) -> str:
         return f"{self.package_base_url.rstrip('/')}/packages/{release.filename}"
 
+    def with_signer(self, signer: OfferSigner | None) -> OfferBuilder:
+        return OfferBuilder(self.package_base_url, signer, self.ttl_seconds, self.clock)
+
+    def seal(self, offer: _O) -> _O:
+        """Attach the envelope and its signature (no-op without an offer key)."""
+        if self.offer_signer is None:
+            return offer
+        manifest = offer.manifest if isinstance(offer, UpdateOffer) else None
+        envelope, signature = self.offer_signer.seal(
+            device_id=offer.device_id,
+            nonce=offer.request_id,
+            status=offer.status,
+            manifest=manifest,
+            issued_at=int(self.clock()),
+            ttl_seconds=self.ttl_seconds,
+        )
+        return offer.model_copy(update={"envelope": envelope, "envelope_signature": signature})
+
     def update_offer(self, release: Release, device_id: str, request_id: str | None) -> UpdateOffer:
-        return UpdateOffer(
-            device_id=device_id,
-            request_id=request_id,
-            build_id=release.build_id,
-            version=release.version,
-            url=self.package_url(release),
-            size=release.size,
-            checksum=release.sha256,
-            signature=release.signature,
-            manifest=release.manifest,
-            manifest_signature=release.manifest_signature,
-            key_id=release.key_id,
+        return self.seal(
+            UpdateOffer(
+                device_id=device_id,
+                request_id=request_id,
+                build_id=release.build_id,
+                version=release.version,
+                url=self.package_url(release),
+                size=release.size,
+                checksum=release.sha256,
+                signature=release.signature,
+                manifest=release.manifest,
+                manifest_signature=release.manifest_signature,
+                key_id=release.key_id,
+            )
         )
 
-    def for_device(self, catalog: Catalog, device: DeviceFacts, request_id: str | None) -> Offer:
+    def error(self, device_id: str, request_id: str | None, error: OtaError) -> ErrorReply:
+        return self.seal(error_reply(device_id, request_id, error))
+
+    def for_device(
+        self,
+        catalog: Catalog,
+        device: DeviceFacts,
+        request_id: str | None,
+        allowed: Callable[[Release, DeviceFacts], bool] | None = None,
+    ) -> Offer:
         """The offer for ``device``; an :class:`OtaError` becomes an error reply."""
         try:
-            decision = decide(catalog, device)
+            decision = decide(catalog, device, allowed)
         except OtaError as e:
-            return error_reply(device.device_id, request_id, e)
+            return self.error(device.device_id, request_id, e)
         if decision.release is None:
-            return UpToDate(
-                device_id=device.device_id,
-                request_id=request_id,
-                build_id=device.build_id,
-                version=decision.current_version,
+            return self.seal(
+                UpToDate(
+                    device_id=device.device_id,
+                    request_id=request_id,
+                    build_id=device.build_id,
+                    version=decision.current_version,
+                )
             )
         return self.update_offer(decision.release, device.device_id, request_id)
 
     def for_announcement(
-        self, catalog: Catalog, device_id: str, announcement: Announcement
+        self,
+        catalog: Catalog,
+        device_id: str,
+        announcement: Announcement,
+        allowed: Callable[[Release, DeviceFacts], bool] | None = None,
     ) -> Offer:
         facts = DeviceFacts(
             device_id=device_id,
@@ -62,10 +111,11 @@ class OfferBuilder:
             hardware=announcement.hardware,
             channel=announcement.channel,
         )
-        return self.for_device(catalog, facts, announcement.request_id)
+        return self.for_device(catalog, facts, announcement.request_id, allowed)
 
 
 def error_reply(device_id: str, request_id: str | None, error: OtaError) -> ErrorReply:
+    """An unsealed error reply; prefer :meth:`OfferBuilder.error`, which seals it."""
     return ErrorReply(
         device_id=device_id, request_id=request_id, error=error.code, detail=error.detail
     )

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ota_core.catalog import Catalog
-from ota_core.keyfiles import PUBLIC_KEY_NAME, load_signer, write_private_file
+from ota_core.keyfiles import (
+    OFFER_KEYRING_NAME,
+    PUBLIC_KEY_NAME,
+    load_offer_signer,
+    load_signer,
+    write_private_file,
+)
 from ota_core.offers import OfferBuilder
 from ota_core.package_files import PackageFolder
 from ota_core.releases import ReleaseService
@@ -54,6 +60,7 @@ class Services:
     packages: PackageFolder
     offers: OfferBuilder
     catalog: CatalogCache = field(repr=False)
+    _keyring_stamp: int = field(default=0, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -67,9 +74,33 @@ class Services:
             releases=releases,
             registry=DeviceRegistry(database),
             packages=packages,
-            offers=OfferBuilder(settings.package_base_url),
+            offers=OfferBuilder(
+                settings.package_base_url,
+                load_offer_signer(settings.keys_dir),
+                settings.offer_ttl_seconds,
+            ),
             catalog=CatalogCache(store),
         )
+
+    def refresh_offer_key(self) -> bool:
+        """Pick up a rotated offer key (``ota keys rotate`` in another process).
+
+        Cheap: one ``stat`` of the keyring unless it changed. Returns True on a switch.
+        """
+        path = self.settings.keys_dir / OFFER_KEYRING_NAME
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return False
+        if stamp == self._keyring_stamp:
+            return False
+        self._keyring_stamp = stamp
+        signer = load_offer_signer(self.settings.keys_dir)
+        current = self.offers.offer_signer
+        if signer is None or (current is not None and current.key_id == signer.key_id):
+            return False
+        self.offers = self.offers.with_signer(signer)
+        return True
 
     @property
     def public_key_path(self) -> Path:

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Devices.
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=256)
     package_base_url: str = ""
+    offer_ttl_seconds: int = Field(24 * 3600, ge=60, description="validity of a signed offer")
+    offer_key_grace_seconds: int = Field(
+        7 * 24 * 3600, ge=0, description="how long a rotated-out offer key stays verifiable"
+    )
     catalog_poll_seconds: float = Field(0.5, gt=0)
     log_level: str = "INFO"
 
