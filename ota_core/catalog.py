@@ -12,16 +12,18 @@ from datetime import datetime
 
 from ota_core.errors import Conflict, InvalidInput
 from ota_core.models import Release, ReleaseManifest
+from ota_core.rollouts import RolloutBook
 from ota_core.signing import ReleaseSigner
 from ota_core.versions import parse_version
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """Releases indexed by build id and filename, newest version first."""
+    """Releases indexed by build id and filename, newest version first, with their rollouts."""
 
     releases: tuple[Release, ...] = ()
     revision: int = 0
+    rollouts: RolloutBook = field(default_factory=RolloutBook)
     by_build: dict[str, Release] = field(init=False, repr=False, compare=False)
     by_filename: dict[str, Release] = field(init=False, repr=False, compare=False)
 
@@ -38,8 +40,13 @@ class Catalog:
         object.__setattr__(self, "by_filename", {r.filename: r for r in ordered})
 
     @classmethod
-    def of(cls, releases: Iterable[Release], revision: int = 0) -> Catalog:
-        return cls(tuple(releases), revision)
+    def of(
+        cls,
+        releases: Iterable[Release],
+        revision: int = 0,
+        rollouts: RolloutBook | None = None,
+    ) -> Catalog:
+        return cls(tuple(releases), revision, rollouts or RolloutBook())
 
     def __iter__(self) -> Iterator[Release]:
         return iter(self.releases)

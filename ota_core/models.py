@@ -9,6 +9,7 @@ shape and every field are checked, and every failure is an
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
@@ -73,6 +74,17 @@ def describe_validation_error(error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "payload"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What a device told us about itself (from an announcement or a REST check)."""
+
+    device_id: str
+    build_id: str
+    version: str | None = None
+    hardware: str | None = None
+    channel: str | None = None
 
 
 class _WireModel(BaseModel):

@@ -9,7 +9,9 @@ Rules, in order:
    one and whose ``hardware`` and ``channel``, when the release names them,
    equal the device's. A release that names a hardware never goes to a device
    that did not say what hardware it is.
-3. The newest candidate (version order, then release counter) is offered; with
+3. A release under a staged rollout is a candidate only for devices in the
+   cohorts the rollout has reached (:mod:`ota_core.rollouts`).
+4. The newest candidate (version order, then release counter) is offered; with
    no candidate the device is up to date. A downgrade is never offered.
 """
 
@@ -20,19 +22,10 @@ from dataclasses import dataclass
 
 from ota_core.catalog import Catalog
 from ota_core.errors import UnknownBuild
-from ota_core.models import Release
+from ota_core.models import DeviceFacts, Release
 from ota_core.versions import parse_version
 
-
-@dataclass(frozen=True, slots=True)
-class DeviceFacts:
-    """What a device told us about itself."""
-
-    device_id: str
-    build_id: str
-    version: str | None = None
-    hardware: str | None = None
-    channel: str | None = None
+__all__ = ["Decision", "DeviceFacts", "current_version", "decide", "fits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +63,10 @@ def decide(
     for release in catalog.releases:  # newest first
         if parse_version(release.version) <= floor:
             break
-        if fits(release, device) and (allowed is None or allowed(release, device)):
+        if (
+            fits(release, device)
+            and catalog.rollouts.allows(release, device)
+            and (allowed is None or allowed(release, device))
+        ):
             return Decision(current, release)
     return Decision(current, None)

@@ -27,8 +27,7 @@ from enum import StrEnum
 from itertools import pairwise
 
 from ota_core.errors import Conflict, InvalidInput
-from ota_core.models import DeviceState, Release
-from ota_core.policy import DeviceFacts
+from ota_core.models import DeviceFacts, DeviceState, Release
 
 BUCKETS = 10_000  # cohort resolution: 0.01 %
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ota_core.catalog import Catalog
 from ota_core.errors import Conflict, NotFound, ServiceUnavailable
 from ota_core.models import Release
 from ota_core.store.database import Database
+from ota_core.store.revision import bump_revision
+from ota_core.store.rollouts import load_book
 from ota_core.store.schema import catalog_state, releases
 
 _FIELDS = tuple(c.name for c in releases.columns)
@@ -24,14 +25,6 @@ def _to_release(row: Any) -> Release:
     if created.tzinfo is None:  # SQLite hands back naive datetimes
         data["created_at"] = created.replace(tzinfo=UTC)
     return Release.model_validate(data, strict=False)
-
-
-def _bump_revision(conn: Connection) -> None:
-    conn.execute(
-        update(catalog_state)
-        .where(catalog_state.c.id == 1)
-        .values(revision=catalog_state.c.revision + 1)
-    )
 
 
 class ReleaseStore:
@@ -56,9 +49,10 @@ class ReleaseStore:
                     select(catalog_state.c.revision).where(catalog_state.c.id == 1)
                 ).scalar_one()
                 rows = conn.execute(select(releases)).all()
+                book = load_book(conn)
         except SQLAlchemyError as e:
             raise ServiceUnavailable(f"database unavailable: {e}") from e
-        return Catalog.of((_to_release(r) for r in rows), int(revision))
+        return Catalog.of((_to_release(r) for r in rows), int(revision), book)
 
     def get(self, build_id: str) -> Release:
         with self._engine.connect() as conn:
@@ -73,7 +67,7 @@ class ReleaseStore:
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(releases).values(**{k: values[k] for k in _FIELDS}))
-                _bump_revision(conn)
+                bump_revision(conn)
         except IntegrityError as e:
             raise Conflict(
                 "a release with this build_id, filename or release_counter already exists"
@@ -88,7 +82,7 @@ class ReleaseStore:
                 if row is None:
                     raise NotFound(f"no release with build_id {build_id!r}")
                 conn.execute(delete(releases).where(releases.c.build_id == build_id))
-                _bump_revision(conn)
+                bump_revision(conn)
         except SQLAlchemyError as e:
             raise ServiceUnavailable(f"database unavailable: {e}") from e
         return _to_release(row)
