@@ -40,6 +40,8 @@ def check_update(
         hardware=body.hardware,
         channel=body.channel,
     )
+    # A stat of the offer keyring: offers sealed here match the bridge's after a key rotation.
+    services.refresh_offer_key()
     offer = services.offers.for_device(catalog, facts, body.request_id)
     announcement = Announcement(
         build_id=body.build_id,
