@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -68,7 +68,11 @@ log = logging.getLogger(__name__)
 DEFAULT_BROKER_URL = "mqtt://127.0.0.1:1883"
 DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
 DEFAULT_PUBLIC_KEY = Path("keys/public.pem")
-PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
+_PAHO_PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
+#: "auto": MQTT 5, and 3.1.1 when the broker refuses 5 (the embedded amqtt broker does).
+PROTOCOLS = ("auto", "5", "3.1.1")
+# CONNACK codes for "unsupported protocol version": MQTT 5 (0x84) and 3.1.1 (1).
+_UNSUPPORTED_PROTOCOL = (0x84, 1)
 _STATUS_DETAIL_MAX = 512  # StatusReport.detail limit
 USER_AGENT = "ota-device/1"
 
@@ -147,7 +151,8 @@ class DeviceConfig:
     topic_prefix: str = DEFAULT_PREFIX
     mqtt_username: str | None = None
     mqtt_password: str | None = field(default=None, repr=False)
-    protocol: str = "5"  # "5" or "3.1.1" (the embedded amqtt broker only speaks 3.1.1)
+    # "auto" (MQTT 5, falling back to 3.1.1 if the broker refuses 5), "5" or "3.1.1".
+    protocol: str = "auto"
     # Where installed packages are written; None: a fresh temporary folder on first install.
     install_dir: Path | None = None
     timeout: float = 10.0  # seconds, for each wait: connect, offer, each HTTP read
@@ -287,6 +292,9 @@ class DeviceClient:
     ``verifier`` lets many devices share one parsed public key (else it is read
     from ``config.public_key_path``). ``on_offer`` is called from the MQTT thread
     with every valid offer on this device's topic; it must not block.
+
+    Announcing is thread-safe; :meth:`install` changes the device's build and
+    version, so run one install at a time per device.
     """
 
     def __init__(
@@ -316,15 +324,19 @@ class DeviceClient:
         self._pending: dict[str, _Pending] = {}
         self._unsent: list[str] = []  # request ids waiting for the subscription
         self._in_flight: list[mqtt.MQTTMessageInfo] = []
+        self._protocol_refused = False
+        self._stopping = False
         self._started = False
         self._closed = False
+        #: The MQTT version in use ("5" or "3.1.1"); "auto" settles on connect.
+        self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self._mqtt = self._make_mqtt_client()
 
     # ----------------------------------------------------------------- connection
 
     def _make_mqtt_client(self) -> mqtt.Client:
         cfg = self.config
-        protocol = PROTOCOLS[cfg.protocol]
+        protocol = _PAHO_PROTOCOLS[self.protocol]
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or cfg.device_id,
@@ -364,11 +376,23 @@ class DeviceClient:
         if self._started:
             self.wait_ready(timeout)
             return
+        try:
+            self._start(timeout)
+        except BrokerUnavailable:
+            if not (self._protocol_refused and self.config.protocol == "auto"):
+                raise
+            log.info("%s: the broker refused MQTT 5; using 3.1.1", self.config.device_id)
+            self.protocol = "3.1.1"
+            self._protocol_refused = False
+            self._mqtt = self._make_mqtt_client()
+            self._start(timeout)
+
+    def _start(self, timeout: float | None) -> None:
         cfg = self.config
         wait = cfg.timeout if timeout is None else timeout
         clean_start: bool | Literal[3] = mqtt.MQTT_CLEAN_START_FIRST_ONLY
         properties = None
-        if cfg.protocol == "5":
+        if self.protocol == "5":
             clean_start = not cfg.persistent_session
             if cfg.persistent_session:
                 properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -388,7 +412,11 @@ class DeviceClient:
         try:
             self.wait_ready(wait)
         except DeviceError:
+            # Back to square one, so connect() can be tried again later.
             self._stop_network()
+            self._started = False
+            with self._state:
+                self._connect_error = None
             raise
 
     def wait_ready(self, timeout: float | None = None) -> None:
@@ -417,11 +445,15 @@ class DeviceClient:
             pending, self._pending = self._pending, {}
             self._unsent.clear()
         for item in pending.values():
-            item.future.cancel()
+            _settle(item.future, NotConnected("the device client was closed"))
 
     def _stop_network(self) -> None:
-        self._mqtt.disconnect()
-        self._mqtt.loop_stop()
+        self._stopping = True  # our own disconnect: not worth a log line
+        try:
+            self._mqtt.disconnect()
+            self._mqtt.loop_stop()
+        finally:
+            self._stopping = False
         with self._state:
             self._subscribed = False
 
@@ -462,6 +494,7 @@ class DeviceClient:
     ) -> None:
         if reason_code.is_failure:
             with self._state:
+                self._protocol_refused = reason_code.value in _UNSUPPORTED_PROTOCOL
                 self._connect_error = (
                     f"the MQTT broker at {self.config.broker_url} refused the connection: "
                     f"{reason_code}"
@@ -520,7 +553,7 @@ class DeviceClient:
     ) -> None:
         with self._state:
             self._subscribed = False
-        if not self._closed:
+        if not (self._closed or self._stopping):
             log.info(
                 "%s: disconnected from the broker (%s); paho reconnects",
                 self.config.device_id,
@@ -539,8 +572,8 @@ class DeviceClient:
         if offer.request_id is not None:
             with self._lock:
                 pending = self._pending.pop(offer.request_id, None)
-        if pending is not None and not pending.future.done():
-            pending.future.set_result(offer)
+        if pending is not None:
+            _settle(pending.future, offer)
         elif offer.request_id is not None:
             log.debug(
                 "%s: offer for request %s is not ours now", self.config.device_id, offer.request_id
@@ -560,9 +593,10 @@ class DeviceClient:
             request_id = value if isinstance(value, str) else None
         with self._lock:
             pending = self._pending.pop(request_id, None) if request_id is not None else None
-        log.warning("%s: ignoring a malformed offer: %s", self.config.device_id, error.detail)
-        if pending is not None and not pending.future.done():
-            pending.future.set_exception(VerificationFailed("malformed-offer", error.detail))
+        if pending is None:
+            log.warning("%s: ignoring a malformed offer: %s", self.config.device_id, error.detail)
+        else:
+            _settle(pending.future, VerificationFailed("malformed-offer", error.detail))
 
     # ----------------------------------------------------------------- publishing
 
@@ -730,7 +764,8 @@ class DeviceClient:
         )
 
     def _failed(self, offer: UpdateOffer, reason: str, detail: str) -> InstallResult:
-        log.warning("%s: refusing %s: %s", self.config.device_id, offer.build_id, detail)
+        # INFO: the caller gets the reason in the result; the CLI prints it once.
+        log.info("%s: refusing %s: %s", self.config.device_id, offer.build_id, detail)
         self.report(DeviceState.FAILED, offer.build_id, detail, offer.request_id)
         return InstallResult(
             ok=False, build_id=offer.build_id, version=offer.version, reason=reason, detail=detail
@@ -788,6 +823,16 @@ class DeviceClient:
             request_id=request_id,
             **fields,
         )
+
+
+def _settle(future: Future[Offer], outcome: Offer | BaseException) -> None:
+    # Futures are made RUNNING (so callers cannot cancel them); still, never let a
+    # settled one raise InvalidStateError in the network thread.
+    with contextlib.suppress(InvalidStateError):
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class _Deadline:

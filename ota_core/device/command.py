@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from enum import IntEnum
@@ -100,9 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--protocol",
-        choices=list(PROTOCOLS),
-        default="5",
-        help="MQTT protocol version (default: %(default)s; the embedded amqtt broker needs 3.1.1)",
+        choices=PROTOCOLS,
+        default="auto",
+        help="MQTT protocol version; auto (the default) uses 5 and falls back to 3.1.1 when "
+        "the broker refuses 5, as the embedded amqtt broker does",
     )
     parser.add_argument(
         "--timeout",
@@ -119,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep the MQTT session across reconnects (clean start off)",
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON line")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log each step (connect, offer, download)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> DeviceConfig:
@@ -142,6 +147,10 @@ def config_from_args(args: argparse.Namespace) -> DeviceConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "verbose", False):
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
     try:
         config = config_from_args(args)
         client = DeviceClient(config)

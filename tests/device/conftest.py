@@ -16,7 +16,7 @@ import pytest
 
 from ota_core.device import DeviceClient, DeviceConfig
 from ota_core.signing import ReleaseSigner
-from tests.device.harness import DeviceFactory, OfferResponder, PackageServer, World
+from tests.device.harness import TOPIC_PREFIX, DeviceFactory, OfferResponder, PackageServer, World
 from tests.support import MosquittoServer, ReleaseKeyPems
 
 
@@ -37,7 +37,7 @@ def http_server(world: World) -> Iterator[PackageServer]:
 
 @pytest.fixture(scope="session")
 def mosquitto_responder(mosquitto: MosquittoServer, world: World) -> Iterator[OfferResponder]:
-    responder = OfferResponder(mosquitto.url, world.catalog)
+    responder = OfferResponder(mosquitto.url, world.catalog, prefix=TOPIC_PREFIX)
     yield responder
     responder.close()
 
@@ -62,6 +62,7 @@ def device_config(
         http_base_url=http_server.url,
         public_key_path=world.public_key_path,
         install_dir=tmp_path / "installed",
+        topic_prefix=TOPIC_PREFIX,
         timeout=10,
     )
 

@@ -40,6 +40,8 @@ Answer = Callable[[str, Announcement], list[bytes]]
 #: make_device(connect=True, **DeviceConfig overrides) -> DeviceClient
 DeviceFactory = Callable[..., DeviceClient]
 ISSUED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+#: The device tests' own topic prefix on the session's shared Mosquitto (see OfferResponder).
+TOPIC_PREFIX = f"devtest-{uuid.uuid4().hex[:8]}/v1"
 
 
 @dataclass(frozen=True)
@@ -116,13 +118,20 @@ class OfferResponder:
     """Answers announcements on ``{prefix}/devices/+/announce`` and records status reports."""
 
     def __init__(
-        self, url: str, catalog: Catalog, builder: OfferBuilder | None = None, timeout: float = 10
+        self,
+        url: str,
+        catalog: Catalog,
+        builder: OfferBuilder | None = None,
+        prefix: str = "ota/v1",
+        timeout: float = 10,
     ) -> None:
         parts = urlsplit(url)
         assert parts.hostname is not None
         self.catalog = catalog
         self.builder = builder or OfferBuilder()
-        self.topics = TopicScheme()
+        # Tests sharing the session's Mosquitto use their own prefix, so this responder
+        # never answers another suite's devices (nor they ours).
+        self.topics = TopicScheme(prefix)
         self.answer: Answer = self.policy_answer
         self.announcements: dict[str, list[Announcement]] = defaultdict(list)
         self.statuses: dict[str, list[StatusReport]] = defaultdict(list)

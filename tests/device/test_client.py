@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from ota_core.device import DeviceClient, DeviceConfig, OfferTimeout, OutcomeKind
+from ota_core.device import DeviceClient, DeviceConfig, NotConnected, OfferTimeout, OutcomeKind
 from ota_core.errors import UnknownBuild
 from ota_core.keyfiles import load_verifier
 from ota_core.models import Announcement, Offer, UpdateOffer, UpToDate
 from ota_core.offers import OfferBuilder, error_reply
 from tests.device.harness import DeviceFactory, OfferResponder, PackageServer, World, tampered
+from tests.support import add_mosquitto_user, start_mosquitto
 
 FULL_RUN = ["downloading", "verifying", "installing", "installed"]
 
@@ -117,18 +118,39 @@ def test_absolute_offer_urls_are_used_as_given(
     assert outcome.kind is OutcomeKind.INSTALLED, outcome.message()
 
 
-def test_runs_against_the_embedded_amqtt_broker_with_mqtt_311(
-    amqtt_broker: str, world: World, http_server: PackageServer, device_config: DeviceConfig
+@pytest.mark.parametrize("protocol", ["auto", "3.1.1"])
+def test_runs_against_the_embedded_amqtt_broker(
+    amqtt_broker: str,
+    world: World,
+    http_server: PackageServer,
+    device_config: DeviceConfig,
+    protocol: str,
 ) -> None:
     responder = OfferResponder(amqtt_broker, world.catalog)
     try:
-        config = replace(device_config, broker_url=amqtt_broker, protocol="3.1.1")
+        # A broker of its own: the default topic prefix.
+        config = replace(
+            device_config, broker_url=amqtt_broker, protocol=protocol, topic_prefix="ota/v1"
+        )
         with DeviceClient(config) as device:
             outcome = device.run_once()
+            # amqtt speaks only 3.1.1: "auto" found that out by itself.
+            assert device.protocol == "3.1.1"
         assert outcome.kind is OutcomeKind.INSTALLED, outcome.message()
         assert responder.wait_statuses(config.device_id) == FULL_RUN
     finally:
         responder.close()
+
+
+def test_mqtt_5_only_is_refused_by_amqtt(amqtt_broker: str, device_config: DeviceConfig) -> None:
+    config = replace(device_config, broker_url=amqtt_broker, protocol="5", timeout=5)
+    outcome = DeviceClient(config).run_once()
+    assert outcome.kind is OutcomeKind.CONNECT_FAILED
+    assert "Unsupported protocol version" in (outcome.detail or "")
+
+
+def test_auto_uses_mqtt_5_where_the_broker_speaks_it(make_device: DeviceFactory) -> None:
+    assert make_device(protocol="auto").protocol == "5"
 
 
 # --- offers for other requests ----------------------------------------------------------------
@@ -461,3 +483,48 @@ def test_many_devices_share_one_process_and_one_key(
     assert list(outcomes.values()) == [OutcomeKind.INSTALLED] * len(devices)
     for device in devices:
         assert responder.wait_statuses(device.config.device_id) == FULL_RUN
+
+
+def test_broker_credentials_are_used_and_a_refusal_is_a_connect_failure(
+    tmp_path: Path, device_config: DeviceConfig
+) -> None:
+    password_file = tmp_path / "passwd"
+    add_mosquitto_user(password_file, device_config.device_id, "right-password")
+    broker = start_mosquitto(
+        tmp_path / "locked",
+        extra_options=["allow_anonymous false", f"password_file {password_file}"],
+    )
+    try:
+        config = replace(device_config, broker_url=broker.url, timeout=5)
+        anonymous = DeviceClient(config).run_once()
+        assert anonymous.kind is OutcomeKind.CONNECT_FAILED
+        assert "refused the connection" in (anonymous.detail or "")
+
+        wrong = DeviceClient(
+            replace(config, mqtt_username=config.device_id, mqtt_password="wrong")
+        ).run_once()
+        assert wrong.kind is OutcomeKind.CONNECT_FAILED
+
+        right = replace(config, mqtt_username=config.device_id, mqtt_password="right-password")
+        with DeviceClient(right) as device:
+            assert device.connected
+        # Credentials in the URL work too.
+        in_url = replace(
+            config, broker_url=f"mqtt://{config.device_id}:right-password@127.0.0.1:{broker.port}"
+        )
+        with DeviceClient(in_url) as device:
+            assert device.connected
+    finally:
+        broker.stop()
+
+
+def test_close_fails_pending_requests_instead_of_leaving_them_hanging(
+    make_device: DeviceFactory, responder: OfferResponder
+) -> None:
+    responder.answer = lambda device_id, a: []
+    device = make_device()
+    _, future = device.request_offer()
+    device.close()
+    assert isinstance(future.exception(timeout=10), NotConnected)
+    with pytest.raises(NotConnected):
+        device.request_offer()

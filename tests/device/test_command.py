@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from ota_core.device.command import ExitCode, add_arguments, run
 from ota_core.errors import UnknownBuild
 from ota_core.models import Announcement
 from ota_core.offers import OfferBuilder, error_reply
-from tests.device.harness import OfferResponder, PackageServer, World, tampered
+from tests.device.harness import TOPIC_PREFIX, OfferResponder, PackageServer, World, tampered
 from tests.support import MosquittoServer
 
 
@@ -44,6 +46,8 @@ def base_args(
         str(world.public_key_path),
         "--install-dir",
         str(tmp_path / "installed"),
+        "--topic-prefix",
+        TOPIC_PREFIX,
     ]
 
 
@@ -168,4 +172,31 @@ def test_broker_defaults_to_ota_broker_url(monkeypatch: pytest.MonkeyPatch) -> N
     assert args.broker == "mqtt://broker.example:1884"
     assert args.http == "http://127.0.0.1:8000"
     assert args.public_key == Path("keys/public.pem")
-    assert args.protocol == "5"
+    assert args.protocol == "auto"
+
+
+_STANDALONE = (
+    "import argparse, sys\n"
+    "from ota_core.device.command import add_arguments, run\n"
+    "parser = argparse.ArgumentParser(prog='ota device')\n"
+    "add_arguments(parser)\n"
+    "sys.exit(run(parser.parse_args(sys.argv[1:])))\n"
+)
+
+
+def test_in_its_own_process_a_refusal_is_exactly_one_line(
+    base_args: list[str], responder: OfferResponder, world: World
+) -> None:
+    """No stray log lines: a script reading stderr gets the one message."""
+    responder.answer = lambda device_id, a: _forged(device_id, a, responder, world)
+    result = subprocess.run(
+        [sys.executable, "-c", _STANDALONE, *base_args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == ExitCode.REJECTED, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert "refused the update to build-2002 (1.2.0): manifest-signature: " in line

@@ -21,7 +21,7 @@ def test_defaults_match_the_command_line_contract() -> None:
     assert config.http_base_url == "http://127.0.0.1:8000"
     assert config.public_key_path == Path("keys/public.pem")
     assert config.topic_prefix == "ota/v1"
-    assert config.protocol == "5"
+    assert config.protocol == "auto"
     assert config.persistent_session is False
 
 
