@@ -1,0 +1,518 @@
+"""The bridge service: a paho-mqtt client around :class:`~broker_bridge.handler.BridgeHandler`.
+
+Threads, and why there are exactly these:
+
+* paho's network thread (``loop_start``) reads announcements and status reports
+  and runs the handler right in the ``on_message`` callback — callback-level
+  handling is what keeps the bridge near a do-nothing paho responder's
+  throughput. Offers are published at QoS 1 without waiting for the PUBACK.
+* one registry writer thread (:class:`~broker_bridge.writer.RegistryWriter`):
+  the callback only queues events, the database is written behind in batches.
+* one small timer thread that refreshes the catalog snapshot every
+  ``catalog_poll_seconds`` — the admin side may be another process, and the
+  catalog revision in the database is how the two coordinate — follows offer
+  key rotations (``ota keys rotate``), and logs a one-line traffic summary
+  now and then.
+
+The session is persistent (MQTT 5: ``clean_start=False`` with a session expiry;
+MQTT 3.1.1: ``clean_session=False``) and the subscriptions are QoS 1, so
+announcements sent while the bridge was away are delivered when it is back.
+The subscriptions are still renewed on every (re)connect, in case the broker
+lost the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import socket
+import threading
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from broker_bridge.handler import BridgeHandler, HandlerResult, Outcome
+from broker_bridge.writer import RegistryWriter
+from ota_core.errors import InvalidInput, OtaError
+from ota_core.services import Services
+from ota_core.settings import Settings
+from ota_core.topics import TopicKind
+
+log = logging.getLogger(__name__)
+
+#: How long the broker keeps the bridge's MQTT 5 session (and queues its
+#: announcements) while the bridge is away.
+SESSION_EXPIRY_SECONDS = 24 * 3600
+KEEPALIVE_SECONDS = 30
+RECONNECT_MIN_DELAY = 1
+RECONNECT_MAX_DELAY = 30
+#: Offers in flight (sent, PUBACK not yet received). paho's default of 20 makes
+#: the network thread stall on PUBACK round trips under load.
+MAX_INFLIGHT_OFFERS = 100
+#: How long stop() waits for offers already published to be acknowledged.
+DRAIN_SECONDS = 2.0
+SUMMARY_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> BrokerAddress:
+        """``mqtt://host:1883``, ``tcp://…`` or ``mqtts://host:8883`` (TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in {"mqtt", "tcp", "mqtts"} or not parts.hostname:
+            raise InvalidInput(f"broker URL {url!r} must look like mqtt://host:1883")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as e:
+            raise InvalidInput(f"broker URL {url!r} has an invalid port") from e
+        return cls(parts.hostname, port, tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass
+class BridgeStats:
+    """Message counters, written only by the MQTT thread (reads may lag a little)."""
+
+    announcements: int = 0
+    offers: int = 0
+    up_to_date: int = 0
+    announce_errors: int = 0
+    statuses: int = 0
+    status_errors: int = 0
+    dropped: int = 0
+    connects: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def count(self, result: HandlerResult) -> None:
+        outcome = result.outcome
+        if outcome is Outcome.UPDATE_OFFERED:
+            self.announcements += 1
+            self.offers += 1
+        elif outcome is Outcome.UP_TO_DATE:
+            self.announcements += 1
+            self.up_to_date += 1
+        elif outcome is Outcome.ANNOUNCE_REJECTED:
+            self.announcements += 1
+            self.announce_errors += 1
+        elif outcome is Outcome.STATUS_RECORDED:
+            self.statuses += 1
+        elif outcome is Outcome.STATUS_REJECTED:
+            self.statuses += 1
+            self.status_errors += 1
+        else:
+            self.dropped += 1
+
+
+def _quoted(text: str | None, limit: int = 300) -> str:
+    """A log-safe rendering of untrusted text: JSON-quoted, one line, bounded."""
+    return json.dumps((text or "")[:limit])
+
+
+def _set_nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    # Nagle's algorithm holds small offers back for tens of milliseconds.
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (e.g. unix)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Bridge:
+    """Answers announcements and records status reports for one broker connection."""
+
+    def __init__(self, settings: Settings, services: Services) -> None:
+        self._settings = settings
+        self._services = services
+        self._topics = settings.topics
+        self._address = BrokerAddress.from_url(settings.effective_broker_url)
+        self._v5 = settings.mqtt_protocol == "5"
+        catalog_cache = services.catalog
+        self.handler = BridgeHandler(
+            self._topics,
+            services.offers,
+            lambda: catalog_cache.current,
+            settings.max_message_bytes,
+        )
+        self.stats = BridgeStats()
+        self._writer = RegistryWriter(services.registry.apply)
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._started = False
+        self._subscribe_mid: int | None = None
+        self._connected = False  # a CONNACK accepted the current connection
+        self._connect_failures = 0
+        # Offers published and not yet acknowledged. Only paho's thread writes it
+        # (on_message, on_publish), so it needs no lock; stop() only reads it.
+        self._unacked = 0
+        self._client = self._make_client()
+
+    # -- public API -----------------------------------------------------
+
+    @property
+    def broker(self) -> BrokerAddress:
+        return self._address
+
+    @property
+    def registry_backlog(self) -> int:
+        return self._writer.backlog
+
+    def start(self) -> None:
+        """Start the bridge's threads and connect in the background; returns at once."""
+        if self._started:
+            return
+        self._started = True
+        self._stopping.clear()
+        try:
+            self._services.catalog.refresh()
+        except OtaError as e:
+            log.warning(
+                "catalog refresh failed; using the cached catalog error=%s", _quoted(e.detail)
+            )
+        self._refresh_offer_key()
+        self._writer.start()
+        self._timer = threading.Thread(
+            target=self._timer_loop, name="ota-catalog-refresh", daemon=True
+        )
+        self._timer.start()
+        clean_start: mqtt.CleanStartOption = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        properties = None
+        if self._v5:
+            clean_start = False
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+        log.info(
+            "bridge connecting broker=%s protocol=%s client_id=%s prefix=%s",
+            self._address, self._settings.mqtt_protocol, self._settings.mqtt_client_id,
+            self._topics.prefix,
+        )
+        self._client.connect_async(
+            self._address.host,
+            self._address.port,
+            keepalive=KEEPALIVE_SECONDS,
+            clean_start=clean_start,
+            properties=properties,
+        )
+        self._client.loop_start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once connected and subscribed; False if that took longer than ``timeout``."""
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def flush_registry(self, timeout: float = 5.0) -> bool:
+        """Wait until every registry event queued so far is in the database."""
+        return self._writer.flush(timeout)
+
+    def stop(self) -> None:
+        """Answer what is in flight, disconnect, write the registry backlog, join threads."""
+        if not self._started:
+            return
+        self._started = False
+        self._stopping.set()
+        self._drain_offers(DRAIN_SECONDS)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._ready.clear()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+        lost = self._writer.stop()
+        log.info(
+            "bridge stopped %s registry_events_lost=%d",
+            " ".join(f"{k}={v}" for k, v in self.stats.snapshot().items()), lost,
+        )
+
+    def run_forever(self) -> None:
+        """``ota bridge``: start, serve until SIGINT/SIGTERM, then stop cleanly."""
+        done = threading.Event()
+        previous: dict[signal.Signals, Any] = {}
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("bridge received %s; stopping", signal.Signals(signum).name)
+            done.set()
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            self.start()
+            while not done.wait(1.0):
+                pass
+        except KeyboardInterrupt:  # only when signals could not be installed
+            pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # -- paho client and callbacks (run on paho's network thread) -------------
+
+    def _make_client(self) -> mqtt.Client:
+        settings = self._settings
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            clean_session=None if self._v5 else False,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+        )
+        if settings.mqtt_username:
+            password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+            client.username_pw_set(settings.mqtt_username, password)
+        if self._address.tls:
+            client.tls_set()
+        client.max_inflight_messages_set(MAX_INFLIGHT_OFFERS)
+        client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
+        client.on_socket_open = _set_nodelay
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.error(
+                "broker refused the bridge's connection broker=%s reason=%s; retrying",
+                self._address, _quoted(str(reason)),
+            )
+            return
+        self._connect_failures = 0
+        self._connected = True
+        self.stats.connects += 1
+        log.info(
+            "bridge connected broker=%s session_present=%s",
+            self._address, bool(flags.session_present),
+        )
+        # Subscribe on every connect: the broker may have dropped the session.
+        result, mid = client.subscribe([
+            (self._topics.filter(TopicKind.ANNOUNCE), 1),
+            (self._topics.filter(TopicKind.STATUS), 1),
+        ])
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.error("bridge could not subscribe error=%s", mqtt.error_string(result))
+        self._subscribe_mid = mid
+
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error(
+                "broker refused the bridge's subscriptions reasons=%s; check the broker ACL",
+                _quoted(", ".join(refused)),
+            )
+            return
+        log.info(
+            "bridge subscribed announce=%s status=%s",
+            self._topics.filter(TopicKind.ANNOUNCE), self._topics.filter(TopicKind.STATUS),
+        )
+        self._ready.set()
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self._connect_failures += 1
+        if self._stopping.is_set():
+            return
+        # paho retries with backoff (1 s doubling to 30 s); say so plainly, no traceback.
+        log.warning(
+            "broker unreachable broker=%s attempts=%d; retrying with backoff up to %ds",
+            self._address, self._connect_failures, RECONNECT_MAX_DELAY,
+        )
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self._ready.clear()
+        was_connected, self._connected = self._connected, False
+        if not was_connected:
+            return  # a refused CONNECT, already logged by _on_connect
+        if self._stopping.is_set():
+            log.info("bridge disconnected broker=%s", self._address)
+        else:
+            log.warning(
+                "bridge lost the broker broker=%s reason=%s; reconnecting",
+                self._address, _quoted(str(reason)),
+            )
+
+    def _on_publish(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _mid: int,
+        _reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self._unacked -= 1
+
+    def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Never let an exception escape: paho would re-raise it and end its thread.
+        try:
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                self.stats.dropped += 1
+                log.warning("dropped a message whose topic is not UTF-8")
+                return
+            payload = message.payload
+            if not isinstance(payload, bytes):
+                payload = bytes(payload)
+            result = self.handler.handle(topic, payload, datetime.now(UTC))
+            reply = result.reply
+            if reply is not None:
+                self._unacked += 1
+                info = client.publish(reply.topic, reply.payload, qos=1)
+                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    # NO_CONN keeps the QoS 1 message queued for the reconnect; other codes lose it.
+                    self._unacked -= 1
+                    log.error(
+                        "offer not published device_id=%s request_id=%s error=%s",
+                        result.device_id, result.request_id, mqtt.error_string(info.rc),
+                    )
+            if result.event is not None:
+                self._writer.put(result.event)
+            self.stats.count(result)
+            _log_result(result, topic)
+        except Exception:
+            log.exception("bridge failed on a message; continuing")
+
+    def _drain_offers(self, timeout: float) -> None:
+        """Give offers already handed to paho a moment to be acknowledged by the broker."""
+        if not self._ready.is_set():
+            return
+        waited = 0.0
+        while waited < timeout:
+            if self._unacked <= 0:
+                return
+            self._stopping.wait(0.02)
+            waited += 0.02
+
+    # -- the timer thread ---------------------------------------------------
+
+    def _refresh_offer_key(self) -> None:
+        """Follow ``ota keys rotate`` run elsewhere: one stat of the keyring when unchanged."""
+        services = self._services
+        try:
+            switched = services.refresh_offer_key()
+        except OtaError as e:
+            log.warning(
+                "offer key reload failed; keeping the current key error=%s", _quoted(e.detail)
+            )
+            return
+        if switched:
+            self.handler.set_offers(services.offers)
+            signer = services.offers.offer_signer
+            log.info("offer key switched key_id=%s", signer.key_id if signer else None)
+
+    def _timer_loop(self) -> None:
+        period = self._settings.catalog_poll_seconds
+        cache = self._services.catalog
+        revision = cache.current.revision
+        failing = False
+        since_summary = 0.0
+        last_summary: dict[str, int] = {}
+        while not self._stopping.wait(period):
+            self._refresh_offer_key()
+            try:
+                catalog = cache.refresh()
+            except OtaError as e:
+                if not failing:
+                    log.warning(
+                        "catalog refresh failed; still offering from the cached catalog "
+                        "revision=%d error=%s", revision, _quoted(e.detail),
+                    )
+                failing = True
+            except Exception:
+                log.exception("catalog refresh failed unexpectedly; retrying")
+            else:
+                if failing:
+                    log.info("catalog refresh recovered")
+                failing = False
+                if catalog.revision != revision:
+                    revision = catalog.revision
+                    log.info("catalog reloaded revision=%d releases=%d", revision, len(catalog))
+            since_summary += period
+            if since_summary >= SUMMARY_EVERY_SECONDS:
+                since_summary = 0.0
+                summary = self.stats.snapshot()
+                if summary != last_summary:
+                    last_summary = summary
+                    log.info(
+                        "bridge traffic %s registry_backlog=%d registry_write_failures=%d",
+                        " ".join(f"{k}={v}" for k, v in summary.items()),
+                        self._writer.backlog, self._writer.failures,
+                    )
+
+
+def _log_result(result: HandlerResult, topic: str) -> None:
+    outcome = result.outcome
+    if outcome is Outcome.UPDATE_OFFERED or outcome is Outcome.UP_TO_DATE:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "announce outcome=%s device_id=%s request_id=%s build_id=%s",
+                outcome, result.device_id, result.request_id, result.build_id,
+            )
+    elif outcome is Outcome.STATUS_RECORDED:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "status outcome=%s device_id=%s request_id=%s build_id=%s",
+                outcome, result.device_id, result.request_id, result.build_id,
+            )
+    elif outcome is Outcome.ANNOUNCE_REJECTED:
+        # An unknown build is an expected answer, not a sign of a broken device.
+        level = logging.INFO if result.error == "unknown-build" else logging.WARNING
+        log.log(
+            level,
+            "announce outcome=%s device_id=%s request_id=%s error=%s detail=%s",
+            outcome, result.device_id, result.request_id, result.error, _quoted(result.detail),
+        )
+    elif outcome is Outcome.STATUS_REJECTED:
+        log.warning(
+            "status outcome=%s device_id=%s request_id=%s error=%s detail=%s",
+            outcome, result.device_id, result.request_id, result.error, _quoted(result.detail),
+        )
+    else:
+        log.warning(
+            "message outcome=%s topic=%s error=%s detail=%s",
+            outcome, _quoted(topic, 200), result.error, _quoted(result.detail),
+        )
