@@ -14,6 +14,14 @@ Threads, and why there are exactly these:
   key rotations (``ota keys rotate``), and logs a one-line traffic summary
   now and then.
 
+A release published elsewhere is used at once, not just after the next poll:
+an answer that a newer catalog could change for the better — ``up-to-date``
+or ``unknown-build`` — is only sent from a catalog checked *after* the
+announcement arrived. When the last check is older, the message is handed to
+the timer thread, which checks the catalog revision (one tiny SELECT, off the
+MQTT thread, shared by every message waiting) and answers. Update offers go
+out at once: a newer release still reaches the device on its next announcement.
+
 The session is persistent (MQTT 5: ``clean_start=False`` with a session expiry;
 MQTT 3.1.1: ``clean_session=False``) and the subscriptions are QoS 1, so
 announcements sent while the bridge was away are delivered when it is back.
@@ -29,6 +37,8 @@ import logging
 import signal
 import socket
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from types import FrameType
@@ -89,7 +99,7 @@ class BrokerAddress:
 
 @dataclass
 class BridgeStats:
-    """Message counters, written only by the MQTT thread (reads may lag a little)."""
+    """Message counters. Written by the MQTT and timer threads under the bridge's lock."""
 
     announcements: int = 0
     offers: int = 0
@@ -159,9 +169,17 @@ class Bridge:
         self._subscribe_mid: int | None = None
         self._connected = False  # a CONNACK accepted the current connection
         self._connect_failures = 0
-        # Offers published and not yet acknowledged. Only paho's thread writes it
-        # (on_message, on_publish), so it needs no lock; stop() only reads it.
+        # Offers published and not yet acknowledged (for a clean stop).
         self._unacked = 0
+        self._count_lock = threading.Lock()
+        # Start time of the last catalog check: the snapshot in use is at least that fresh.
+        self._fresh_since = -float("inf")
+        self._catalog_failing = False
+        # Announcements waiting for a catalog check newer than their arrival.
+        self._recheck: deque[tuple[str, bytes, float]] = deque()
+        self._recheck_lock = threading.Lock()  # orders deferrals against stop()
+        self._closing = False  # no more deferrals: stop() is answering what is left
+        self._timer_wake = threading.Event()
         self._client = self._make_client()
 
     # -- public API -----------------------------------------------------
@@ -180,12 +198,8 @@ class Bridge:
             return
         self._started = True
         self._stopping.clear()
-        try:
-            self._services.catalog.refresh()
-        except OtaError as e:
-            log.warning(
-                "catalog refresh failed; using the cached catalog error=%s", _quoted(e.detail)
-            )
+        self._closing = False
+        self._check_catalog()
         self._refresh_offer_key()
         self._writer.start()
         self._timer = threading.Thread(
@@ -229,14 +243,18 @@ class Bridge:
         if not self._started:
             return
         self._started = False
+        with self._recheck_lock:
+            self._closing = True  # from now on the MQTT thread answers everything itself
         self._stopping.set()
+        self._timer_wake.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+        self._answer_deferred()  # what the timer left, while still connected
         self._drain_offers(DRAIN_SECONDS)
         self._client.disconnect()
         self._client.loop_stop()
         self._ready.clear()
-        if self._timer is not None:
-            self._timer.join()
-            self._timer = None
         lost = self._writer.stop()
         log.info(
             "bridge stopped %s registry_events_lost=%d",
@@ -383,7 +401,8 @@ class Bridge:
         _reason: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        self._unacked -= 1
+        with self._count_lock:
+            self._unacked -= 1
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         # Never let an exception escape: paho would re-raise it and end its thread.
@@ -391,30 +410,71 @@ class Bridge:
             try:
                 topic = message.topic
             except UnicodeDecodeError:
-                self.stats.dropped += 1
+                with self._count_lock:
+                    self.stats.dropped += 1
                 log.warning("dropped a message whose topic is not UTF-8")
                 return
             payload = message.payload
             if not isinstance(payload, bytes):
                 payload = bytes(payload)
+            arrival = time.monotonic()
+            fresh_since = self._fresh_since  # read before handling: see _defer
             result = self.handler.handle(topic, payload, datetime.now(UTC))
-            reply = result.reply
-            if reply is not None:
-                self._unacked += 1
-                info = client.publish(reply.topic, reply.payload, qos=1)
-                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                    # NO_CONN keeps the QoS 1 message queued for the reconnect; other codes lose it.
-                    self._unacked -= 1
-                    log.error(
-                        "offer not published device_id=%s request_id=%s error=%s",
-                        result.device_id, result.request_id, mqtt.error_string(info.rc),
-                    )
-            if result.event is not None:
-                self._writer.put(result.event)
-            self.stats.count(result)
-            _log_result(result, topic)
+            if arrival >= fresh_since and _better_with_newer_catalog(result) and self._defer(
+                topic, payload, arrival
+            ):
+                return
+            self._emit(result, topic)
         except Exception:
             log.exception("bridge failed on a message; continuing")
+
+    def _defer(self, topic: str, payload: bytes, arrival: float) -> bool:
+        """Queue an announcement for a catalog check newer than ``arrival``.
+
+        The snapshot that answered it is at least as new as the check that
+        started at ``fresh_since`` (read before handling; the cache swaps the
+        snapshot before ``_fresh_since`` moves). A check that started before
+        the message arrived may have missed a release published meanwhile.
+        """
+        with self._recheck_lock:
+            if self._closing:
+                return False
+            self._recheck.append((topic, payload, arrival))
+        self._timer_wake.set()
+        return True
+
+    def _emit(self, result: HandlerResult, topic: str) -> None:
+        """Publish the reply, queue the registry event, count and log. Any thread."""
+        reply = result.reply
+        if reply is not None:
+            with self._count_lock:
+                self._unacked += 1
+            info = self._client.publish(reply.topic, reply.payload, qos=1)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                # NO_CONN keeps the QoS 1 message queued for the reconnect; other codes lose it.
+                with self._count_lock:
+                    self._unacked -= 1
+                log.error(
+                    "offer not published device_id=%s request_id=%s error=%s",
+                    result.device_id, result.request_id, mqtt.error_string(info.rc),
+                )
+        if result.event is not None:
+            self._writer.put(result.event)
+        with self._count_lock:
+            self.stats.count(result)
+        _log_result(result, topic)
+
+    def _answer_deferred(self) -> None:
+        """Answer every announcement waiting for a fresh catalog, with the current one."""
+        while True:
+            try:
+                topic, payload, _arrival = self._recheck.popleft()
+            except IndexError:
+                return
+            try:
+                self._emit(self.handler.handle(topic, payload, datetime.now(UTC)), topic)
+            except Exception:
+                log.exception("bridge failed on a message; continuing")
 
     def _drain_offers(self, timeout: float) -> None:
         """Give offers already handed to paho a moment to be acknowledged by the broker."""
@@ -444,44 +504,66 @@ class Bridge:
             signer = services.offers.offer_signer
             log.info("offer key switched key_id=%s", signer.key_id if signer else None)
 
+    def _check_catalog(self) -> None:
+        """Refresh the catalog snapshot; then everything that arrived before now is answerable."""
+        started = time.monotonic()
+        cache = self._services.catalog
+        before = cache.current.revision
+        try:
+            catalog = cache.refresh()
+        except OtaError as e:
+            if not self._catalog_failing:
+                log.warning(
+                    "catalog refresh failed; still offering from the cached catalog "
+                    "revision=%d error=%s", before, _quoted(e.detail),
+                )
+            self._catalog_failing = True
+        except Exception:
+            log.exception("catalog refresh failed unexpectedly; retrying")
+        else:
+            if self._catalog_failing:
+                log.info("catalog refresh recovered")
+            self._catalog_failing = False
+            if catalog.revision != before:
+                log.info("catalog reloaded revision=%d releases=%d", catalog.revision, len(catalog))
+        # Also after a failure: waiting answers must not pile up while the database is
+        # away, and no release can be published through it meanwhile.
+        self._fresh_since = started
+
     def _timer_loop(self) -> None:
         period = self._settings.catalog_poll_seconds
-        cache = self._services.catalog
-        revision = cache.current.revision
-        failing = False
-        since_summary = 0.0
+        next_poll = time.monotonic() + period
+        next_summary = time.monotonic() + SUMMARY_EVERY_SECONDS
         last_summary: dict[str, int] = {}
-        while not self._stopping.wait(period):
-            self._refresh_offer_key()
-            try:
-                catalog = cache.refresh()
-            except OtaError as e:
-                if not failing:
-                    log.warning(
-                        "catalog refresh failed; still offering from the cached catalog "
-                        "revision=%d error=%s", revision, _quoted(e.detail),
-                    )
-                failing = True
-            except Exception:
-                log.exception("catalog refresh failed unexpectedly; retrying")
-            else:
-                if failing:
-                    log.info("catalog refresh recovered")
-                failing = False
-                if catalog.revision != revision:
-                    revision = catalog.revision
-                    log.info("catalog reloaded revision=%d releases=%d", revision, len(catalog))
-            since_summary += period
-            if since_summary >= SUMMARY_EVERY_SECONDS:
-                since_summary = 0.0
+        while not self._stopping.is_set():
+            self._timer_wake.wait(max(0.0, next_poll - time.monotonic()))
+            self._timer_wake.clear()
+            if self._stopping.is_set():
+                break
+            now = time.monotonic()
+            if self._recheck or now >= next_poll:
+                self._check_catalog()
+                self._answer_deferred()
+            if now >= next_poll:
+                next_poll = now + period
+                self._refresh_offer_key()
+            if now >= next_summary:
+                next_summary = now + SUMMARY_EVERY_SECONDS
                 summary = self.stats.snapshot()
                 if summary != last_summary:
                     last_summary = summary
                     log.info(
-                        "bridge traffic %s registry_backlog=%d registry_write_failures=%d",
+                        "bridge traffic %s registry_backlog=%d registry_write_failures=%d "
+                        "registry_events_dropped=%d",
                         " ".join(f"{k}={v}" for k, v in summary.items()),
-                        self._writer.backlog, self._writer.failures,
+                        self._writer.backlog, self._writer.failures, self._writer.dropped,
                     )
+        self._answer_deferred()
+
+
+def _better_with_newer_catalog(result: HandlerResult) -> bool:
+    """Answers a release published a moment ago would improve: worth a fresh catalog."""
+    return result.outcome is Outcome.UP_TO_DATE or result.error == "unknown-build"
 
 
 def _log_result(result: HandlerResult, topic: str) -> None:
