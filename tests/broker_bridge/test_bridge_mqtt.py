@@ -320,6 +320,39 @@ def test_stop_writes_the_registry_backlog(settings: Settings, device_factory: An
         services.close()
 
 
+def test_stop_right_after_a_burst_still_delivers_every_offer(
+    settings: Settings, device_factory: Any
+) -> None:
+    count = 300
+    services = Services.from_settings(settings)
+    bridge = Bridge(settings, services)
+    try:
+        bridge.start()
+        assert bridge.wait_ready(WAIT)
+        add_release(services, "build-2", "2.0.0")
+        device = device_factory("dev-l1")
+        infos = [  # a burst: not waiting for each acknowledgement
+            device.probe.client.publish(
+                device.announce_topic,
+                json.dumps({"build_id": "b", "version": "1.0", "request_id": f"n{i}"}),
+                qos=1,
+            )
+            for i in range(count)
+        ]
+        for info in infos:
+            info.wait_for_publish(WAIT)
+        deadline = time.monotonic() + WAIT
+        while bridge.stats.announcements < count:
+            assert time.monotonic() < deadline, bridge.stats
+            time.sleep(0.01)
+        bridge.stop()  # at once: offers may still be on their way
+        received = {json.loads(device.next_offer())["request_id"] for _ in range(count)}
+        assert received == {f"n{i}" for i in range(count)}
+    finally:
+        bridge.stop()
+        services.close()
+
+
 # -- connection life cycle (Mosquitto only: these restart the broker) --------------------
 
 
