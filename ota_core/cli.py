@@ -152,13 +152,14 @@ async def _run_all(
     from broker_bridge.bridge import Bridge
     from broker_bridge.embedded import EmbeddedBroker
     from http_files.app import create_app
+    from http_files.server import GracefulServer
 
     broker = EmbeddedBroker(settings.host, settings.mqtt_port) if embedded else None
     if broker is not None:
         await broker.start()
     bridge = Bridge(settings, services)
     bridge.start()
-    server = uvicorn.Server(
+    server = GracefulServer(
         uvicorn.Config(
             create_app(services, password),
             host=settings.host,
@@ -226,6 +227,7 @@ def cmd_http(args: argparse.Namespace) -> int:
     import uvicorn
 
     from http_files.app import create_app
+    from http_files.server import GracefulServer
     from ota_core.services import Services, resolve_admin_password
 
     password, generated = resolve_admin_password(settings)
@@ -233,12 +235,15 @@ def cmd_http(args: argparse.Namespace) -> int:
         print(f"Admin password generated and saved in {settings.admin_password_file}: {password}")
     services = Services.from_settings(settings)
     try:
-        uvicorn.run(
-            create_app(services, password),
-            host=settings.host,
-            port=settings.http_port,
-            log_level=settings.log_level.lower(),
+        server = GracefulServer(
+            uvicorn.Config(
+                create_app(services, password),
+                host=settings.host,
+                port=settings.http_port,
+                log_level=settings.log_level.lower(),
+            )
         )
+        server.run()
     finally:
         services.close()
     return 0

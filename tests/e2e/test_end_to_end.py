@@ -59,7 +59,10 @@ def _run_device(env: dict[str, str], cwd: Path, broker: str, http: str, device_i
 
 
 def _device_record(http: str, password: str, device_id: str) -> dict[str, object]:
+    """The registry's record, or {} while the bridge's write-behind has not flushed it yet."""
     response = requests.get(f"{http}/admin/api/devices/{device_id}", auth=("admin", password), timeout=10)
+    if response.status_code == 404:
+        return {}
     assert response.status_code == 200, response.text
     record: dict[str, object] = response.json()
     return record
