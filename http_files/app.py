@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from admin import admin_router
-from http_files import catalog, devices, health, packages
+from http_files import catalog, devices, health, keys, packages
 from http_files.errors import install_error_handlers
 from ota_core.services import Services
 
@@ -29,6 +29,7 @@ pull-style REST API working with the same field names:
 * `POST /check-update` → the same body as the MQTT offer
 * `GET /packages/{filename}` → resumable download (`Range`, `ETag`)
 * `GET /checksum/{filename}`, `GET /metadata`, `GET /update?build_id=…`
+* `GET /keys` → the release key and the offer keys (certified by the release key)
 
 Signatures are RSA PKCS#1 v1.5 over SHA-256, verifiable with `keys/public.pem`:
 `signature` signs the ASCII SHA-256 hex of the package, `manifest_signature`
@@ -63,5 +64,6 @@ def create_app(services: Services, admin_password: str) -> FastAPI:
     app.include_router(packages.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    app.include_router(keys.router)
     app.include_router(admin_router(services.settings.max_upload_bytes))
     return app
