@@ -159,13 +159,13 @@ class BridgeHandler:
             _check_device_matches(data, device_id, "announcement")
             announcement = Announcement.from_mapping(data, "announcement")
             offer = self._offers.for_announcement(self._catalog(), device_id, announcement)
+            return self._answer(target, announcement, offer, now)
         except OtaError as e:
             return self._reject(target, readable_request_id(data), e)
         except Exception as e:  # defensive: a bug must cost one reply, not the bridge
             return self._reject(
                 target, readable_request_id(data), OtaError(_INTERNAL_DETAIL), repr(e)
             )
-        return self._answer(target, announcement, offer, now)
 
     def _answer(
         self, target: DeviceTopic, announcement: Announcement, offer: Offer, now: datetime
