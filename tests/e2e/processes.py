@@ -54,7 +54,9 @@ class OtaProcess:
                 if needle in line:
                     return line
             if self.proc.poll() is not None:
-                raise AssertionError(f"ota {self.args} exited {self.proc.returncode}:\n{self.output}")
+                raise AssertionError(
+                    f"ota {self.args} exited {self.proc.returncode}:\n{self.output}"
+                )
             time.sleep(0.05)
         raise AssertionError(f"no line with {needle!r} within {timeout}s:\n{self.output}")
 
@@ -62,7 +64,9 @@ class OtaProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"ota {self.args} exited {self.proc.returncode}:\n{self.output}")
+                raise AssertionError(
+                    f"ota {self.args} exited {self.proc.returncode}:\n{self.output}"
+                )
             try:
                 if requests.get(url, timeout=1).status_code == 200:
                     return
@@ -90,7 +94,9 @@ def ota_env(base: Mapping[str, str | Path | int]) -> dict[str, str]:
     return env
 
 
-def run_ota(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_ota(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [OTA, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )

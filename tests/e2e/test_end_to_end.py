@@ -17,7 +17,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 import requests
 
 from .processes import OtaProcess, ota_env, run_ota
@@ -38,14 +37,30 @@ def _publish_release(http: str, password: str, build_id: str, version: str) -> d
     return body
 
 
-def _run_device(env: dict[str, str], cwd: Path, broker: str, http: str, device_id: str) -> dict[str, object]:
+def _run_device(
+    env: dict[str, str], cwd: Path, broker: str, http: str, device_id: str
+) -> dict[str, object]:
     install_dir = cwd / "device-install" / device_id
     result = run_ota(
         [
-            "device", "--device-id", device_id, "--broker", broker, "--http", http,
-            "--public-key", str(cwd / "keys" / "public.pem"),
-            "--build-id", "factory-1", "--version", "1.0.0",
-            "--install-dir", str(install_dir), "--timeout", "20", "--json",
+            "device",
+            "--device-id",
+            device_id,
+            "--broker",
+            broker,
+            "--http",
+            http,
+            "--public-key",
+            str(cwd / "keys" / "public.pem"),
+            "--build-id",
+            "factory-1",
+            "--version",
+            "1.0.0",
+            "--install-dir",
+            str(install_dir),
+            "--timeout",
+            "20",
+            "--json",
         ],
         env,
         cwd,
@@ -54,13 +69,17 @@ def _run_device(env: dict[str, str], cwd: Path, broker: str, http: str, device_i
     outcome: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
     installed = [p for p in install_dir.rglob("*") if p.is_file()]
     assert installed, f"nothing installed in {install_dir}: {outcome}"
-    assert hashlib.sha256(installed[0].read_bytes()).hexdigest() == hashlib.sha256(PACKAGE).hexdigest()
+    assert (
+        hashlib.sha256(installed[0].read_bytes()).hexdigest() == hashlib.sha256(PACKAGE).hexdigest()
+    )
     return outcome
 
 
 def _device_record(http: str, password: str, device_id: str) -> dict[str, object]:
     """The registry's record, or {} while the bridge's write-behind has not flushed it yet."""
-    response = requests.get(f"{http}/admin/api/devices/{device_id}", auth=("admin", password), timeout=10)
+    response = requests.get(
+        f"{http}/admin/api/devices/{device_id}", auth=("admin", password), timeout=10
+    )
     if response.status_code == 404:
         return {}
     assert response.status_code == 200, response.text
@@ -81,9 +100,17 @@ def _wait_installed(http: str, password: str, device_id: str, build_id: str) -> 
     raise AssertionError(f"status never reached the database: {record}")
 
 
-def test_ota_run_all_in_one_with_embedded_broker(tmp_path: Path, free_port_pair: tuple[int, int]) -> None:
+def test_ota_run_all_in_one_with_embedded_broker(
+    tmp_path: Path, free_port_pair: tuple[int, int]
+) -> None:
     mqtt_port, http_port = free_port_pair
-    env = ota_env({"OTA_MQTT_PORT": mqtt_port, "OTA_HTTP_PORT": http_port, "OTA_ADMIN_PASSWORD": "e2e-secret-pw"})
+    env = ota_env(
+        {
+            "OTA_MQTT_PORT": mqtt_port,
+            "OTA_HTTP_PORT": http_port,
+            "OTA_ADMIN_PASSWORD": "e2e-secret-pw",
+        }
+    )
     server = OtaProcess(["run"], env, tmp_path)
     try:
         server.wait_for_line("Stop with Ctrl-C")
@@ -99,7 +126,9 @@ def test_ota_run_all_in_one_with_embedded_broker(tmp_path: Path, free_port_pair:
     assert "Traceback" not in server.output, server.output
 
 
-def test_ota_run_generates_and_prints_admin_password(tmp_path: Path, free_port_pair: tuple[int, int]) -> None:
+def test_ota_run_generates_and_prints_admin_password(
+    tmp_path: Path, free_port_pair: tuple[int, int]
+) -> None:
     mqtt_port, http_port = free_port_pair
     env = ota_env({"OTA_MQTT_PORT": mqtt_port, "OTA_HTTP_PORT": http_port})
     server = OtaProcess(["run"], env, tmp_path)
@@ -111,7 +140,10 @@ def test_ota_run_generates_and_prints_admin_password(tmp_path: Path, free_port_p
         http = f"http://127.0.0.1:{http_port}"
         server.wait_http(f"{http}/healthz")
         assert requests.get(f"{http}/admin/metadata", timeout=5).status_code == 401
-        assert requests.get(f"{http}/admin/metadata", auth=("admin", stored), timeout=5).status_code == 200
+        assert (
+            requests.get(f"{http}/admin/metadata", auth=("admin", stored), timeout=5).status_code
+            == 200
+        )
     finally:
         server.stop()
 
@@ -130,12 +162,18 @@ def test_taken_port_is_reported_plainly(tmp_path: Path, free_port_pair: tuple[in
     assert f"port {http_port}" in result.stderr and "OTA_HTTP_PORT" in result.stderr
 
 
-def test_separate_bridge_and_http_against_mosquitto(tmp_path: Path, mosquitto: object, free_port_pair: tuple[int, int]) -> None:
+def test_separate_bridge_and_http_against_mosquitto(
+    tmp_path: Path, mosquitto: object, free_port_pair: tuple[int, int]
+) -> None:
     broker_url = mosquitto.url  # type: ignore[attr-defined]
     _, http_port = free_port_pair
     env = ota_env(
-        {"OTA_BROKER_URL": broker_url, "OTA_HTTP_PORT": http_port, "OTA_ADMIN_PASSWORD": "e2e-secret-pw",
-         "OTA_MQTT_CLIENT_ID": f"bridge-{http_port}"}
+        {
+            "OTA_BROKER_URL": broker_url,
+            "OTA_HTTP_PORT": http_port,
+            "OTA_ADMIN_PASSWORD": "e2e-secret-pw",
+            "OTA_MQTT_CLIENT_ID": f"bridge-{http_port}",
+        }
     )
     keygen = run_ota(["keygen"], env, tmp_path)
     assert keygen.returncode == 0, keygen.stderr
@@ -160,10 +198,18 @@ def test_cli_release_management_and_seed_metadata(tmp_path: Path) -> None:
     assert run_ota(["keygen"], env, tmp_path).returncode == 0
     firmware = tmp_path / "fw-1.1.0.zip"
     firmware.write_bytes(PACKAGE)
-    added = run_ota(["release", "add", str(firmware), "--version", "1.1.0", "--build-id", "build-1001"], env, tmp_path)
+    added = run_ota(
+        ["release", "add", str(firmware), "--version", "1.1.0", "--build-id", "build-1001"],
+        env,
+        tmp_path,
+    )
     assert added.returncode == 0, added.stderr
     assert (tmp_path / "packages" / "fw-1.1.0.zip").read_bytes() == PACKAGE
-    again = run_ota(["release", "add", str(firmware), "--version", "1.1.0", "--build-id", "build-1001"], env, tmp_path)
+    again = run_ota(
+        ["release", "add", str(firmware), "--version", "1.1.0", "--build-id", "build-1001"],
+        env,
+        tmp_path,
+    )
     assert again.returncode != 0 and "already exists" in again.stderr
     shutil.copy(firmware, tmp_path / "packages" / "ota-1.2.0.zip")
     (tmp_path / "metadata.json").write_text(
