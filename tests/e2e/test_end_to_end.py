@@ -67,11 +67,13 @@ def _run_device(
     )
     assert result.returncode == 0, f"device failed:\n{result.stdout}\n{result.stderr}"
     outcome: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
-    installed = [p for p in install_dir.rglob("*") if p.is_file()]
-    assert installed, f"nothing installed in {install_dir}: {outcome}"
-    assert (
-        hashlib.sha256(installed[0].read_bytes()).hexdigest() == hashlib.sha256(PACKAGE).hexdigest()
-    )
+    wanted = hashlib.sha256(PACKAGE).hexdigest()
+    files = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in install_dir.rglob("*")
+        if p.is_file()
+    }
+    assert wanted in files.values(), f"package not installed in {install_dir}: {files} {outcome}"
     return outcome
 
 
