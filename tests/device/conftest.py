@@ -31,13 +31,14 @@ def http_server(world: World) -> Iterator[PackageServer]:
     server = PackageServer()
     for package in world.packages.values():
         server.add(package.path, package.body)
+    server.add("/keys", world.keys_body())  # devices fetch their offer keys from here
     yield server
     server.close()
 
 
 @pytest.fixture(scope="session")
 def mosquitto_responder(mosquitto: MosquittoServer, world: World) -> Iterator[OfferResponder]:
-    responder = OfferResponder(mosquitto.url, world.catalog, prefix=TOPIC_PREFIX)
+    responder = OfferResponder(mosquitto.url, world.catalog, world.builder, prefix=TOPIC_PREFIX)
     yield responder
     responder.close()
 
@@ -53,7 +54,8 @@ def responder(mosquitto_responder: OfferResponder) -> Iterator[OfferResponder]:
 def device_config(
     mosquitto: MosquittoServer, world: World, http_server: PackageServer, tmp_path: Path
 ) -> DeviceConfig:
-    """A device at build-1001 (1.1.0) on Mosquitto with a unique id and its own install dir."""
+    """A device at build-1001 (1.1.0) on Mosquitto with a unique id and its own install dir;
+    it trusts the offer keys the test HTTP server's /keys certifies."""
     return DeviceConfig(
         device_id=f"dev-{uuid.uuid4().hex[:12]}",
         build_id="build-1001",

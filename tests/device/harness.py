@@ -1,12 +1,14 @@
 """Test-side stand-ins for the bridge and the HTTP side, built from the real domain code.
 
-* :class:`World`: a real signed catalog (real RSA key, real package bytes).
+* :class:`World`: a real signed catalog (real RSA key, real package bytes) and a real
+  offer keyring (``keys/offer-keys.json`` made by :mod:`ota_core.keyfiles`), with the
+  :class:`~ota_core.offers.OfferBuilder` that seals offers with its offer key.
 * :class:`OfferResponder`: a paho client that answers every announcement with the
-  offer :class:`ota_core.offers.OfferBuilder` builds from a real signed catalog, and
-  records every status report. Tests swap ``answer`` to send tampered offers, decoys
-  for other request ids, or nothing at all.
+  offer the builder makes from the catalog, and records every status report. Tests
+  swap ``answer`` to send tampered offers, decoys for other request ids, or nothing.
 * :class:`PackageServer`: ``http.server.ThreadingHTTPServer`` on a free port serving
-  byte strings by path, optionally without ``Content-Length``.
+  byte strings by path (packages, and ``/keys`` in the shape of the real endpoint),
+  optionally without ``Content-Length``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +33,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ota_core.catalog import Catalog, sign_release
 from ota_core.device import DeviceClient
+from ota_core.envelope import OfferSigner
+from ota_core.keyfiles import ensure_offer_key, load_offer_signer, published_offer_keys
 from ota_core.models import Announcement, Release, StatusReport, UpdateOffer
 from ota_core.offers import OfferBuilder
 from ota_core.signing import ReleaseSigner, generate_release_key, public_key_to_pem
@@ -71,9 +75,26 @@ def make_package(
     return Package(release, body)
 
 
+def keys_body(keys_dir: Path, release_signer: ReleaseSigner) -> bytes:
+    """What ``GET /keys`` answers for ``keys_dir`` (same shape as http_files/keys.py)."""
+    return json.dumps(
+        {
+            "release_key": {
+                "key_id": release_signer.key_id,
+                "algorithm": "RSA-2048 PKCS#1 v1.5 SHA-256",
+                "public_pem": public_key_to_pem(release_signer.private_key.public_key()).decode(),
+            },
+            "offer_keys": [
+                {**entry, "algorithm": "Ed25519"} for entry in published_offer_keys(keys_dir)
+            ],
+        }
+    ).encode()
+
+
 @dataclass(frozen=True)
 class World:
-    """The release key the devices pin, the packages it signed, and the catalog of them.
+    """The release key the devices pin, the packages it signed, the catalog of them, and
+    the offer key (in a real keyring under ``keys_dir``) that seals offers.
 
     ``build-2002`` is signed by another key and left out of the catalog: tests offer it.
     """
@@ -82,6 +103,9 @@ class World:
     signer: ReleaseSigner
     packages: dict[str, Package]  # by build id
     catalog: Catalog
+    keys_dir: Path
+    offer_signer: OfferSigner
+    builder: OfferBuilder
 
     @classmethod
     def create(cls, signer: ReleaseSigner, folder: Path) -> World:
@@ -96,15 +120,32 @@ class World:
         ]
         other = ReleaseSigner(generate_release_key())
         forged = make_package(other, "build-2002", "1.2.0", 5, packages[2].body)
+        keys_dir = folder / "keys"
+        ensure_offer_key(keys_dir, signer)
+        offer_signer = load_offer_signer(keys_dir)
+        assert offer_signer is not None
         return cls(
             public_key_path=public_key_path,
             signer=signer,
             packages={p.release.build_id: p for p in [*packages, forged]},
             catalog=Catalog.of(p.release for p in packages),
+            keys_dir=keys_dir,
+            offer_signer=offer_signer,
+            builder=OfferBuilder(offer_signer=offer_signer),
         )
 
     def release(self, build_id: str) -> Release:
         return self.packages[build_id].release
+
+    def offer(
+        self, build_id: str, device_id: str, request_id: str | None, **builder: Any
+    ) -> UpdateOffer:
+        """A genuine sealed offer of ``build_id`` (``builder`` overrides OfferBuilder fields)."""
+        made = replace(self.builder, **builder) if builder else self.builder
+        return made.update_offer(self.release(build_id), device_id, request_id)
+
+    def keys_body(self) -> bytes:
+        return keys_body(self.keys_dir, self.signer)
 
 
 def tampered(offer: UpdateOffer, **changes: Any) -> bytes:
@@ -248,6 +289,10 @@ class PackageServer:
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def package_requests(self) -> list[str]:
+        """Requests for anything but the key list."""
+        return [path for path in self.requests if path != "/keys"]
 
     def add(self, path: str, body: bytes, content_length: bool = True) -> str:
         """Serve ``body`` at ``path``; returns the absolute URL."""

@@ -1,5 +1,6 @@
 """The reference device client against a real Mosquitto (and the embedded amqtt broker),
-a real HTTP server, and offers built by the real OfferBuilder from a real signed catalog."""
+a real HTTP server, and offers built and sealed by the real OfferBuilder from a real
+signed catalog and a real offer key."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ota_core.device import DeviceClient, DeviceConfig, NotConnected, OfferTimeo
 from ota_core.errors import UnknownBuild
 from ota_core.keyfiles import load_verifier
 from ota_core.models import Announcement, Offer, UpdateOffer, UpToDate
-from ota_core.offers import OfferBuilder, error_reply
+from ota_core.offers import OfferBuilder
 from tests.device.harness import DeviceFactory, OfferResponder, PackageServer, World, tampered
 from tests.support import add_mosquitto_user, start_mosquitto
 
@@ -27,7 +28,8 @@ FULL_RUN = ["downloading", "verifying", "installing", "installed"]
 
 
 def offer_of(world: World, build_id: str, device_id: str, request_id: str | None) -> UpdateOffer:
-    return OfferBuilder().update_offer(world.release(build_id), device_id, request_id)
+    """A genuine offer, sealed for ``device_id`` and ``request_id`` with the world's offer key."""
+    return world.offer(build_id, device_id, request_id)
 
 
 def installed_files(folder: Path) -> list[str]:
@@ -49,8 +51,8 @@ def test_installs_the_offered_update_and_reports_each_step(
     assert outcome.path == device.install_dir() / package.release.filename
     assert hashlib.sha256(outcome.path.read_bytes()).hexdigest() == package.release.sha256
     assert outcome.sha256 == package.release.sha256
-    # Nothing else is left behind (no partial download files).
-    assert installed_files(device.install_dir()) == [package.release.filename]
+    # Nothing else is left behind (no partial download files); the state is kept.
+    assert installed_files(device.install_dir()) == [package.release.filename, "state.json"]
     # The device now runs the new build.
     assert (device.build_id, device.version) == ("build-1002", "1.2.0")
     assert (outcome.build_id, outcome.version) == ("build-1002", "1.2.0")
@@ -88,11 +90,11 @@ def test_up_to_date_device_installs_nothing(
 
 
 def test_error_reply_is_reported_with_its_code(
-    make_device: DeviceFactory, responder: OfferResponder
+    make_device: DeviceFactory, responder: OfferResponder, world: World
 ) -> None:
     def unknown(device_id: str, announcement: Announcement) -> list[bytes]:
         error = UnknownBuild(f"build {announcement.build_id!r} is not in the catalog")
-        return [error_reply(device_id, announcement.request_id, error).to_bytes()]
+        return [world.builder.error(device_id, announcement.request_id, error).to_bytes()]
 
     responder.answer = unknown
     device = make_device()
@@ -105,15 +107,14 @@ def test_error_reply_is_reported_with_its_code(
 
 
 def test_absolute_offer_urls_are_used_as_given(
-    make_device: DeviceFactory, responder: OfferResponder, http_server: PackageServer
+    make_device: DeviceFactory, responder: OfferResponder, http_server: PackageServer, world: World
 ) -> None:
+    builder = replace(world.builder, package_base_url=http_server.url)
     responder.answer = lambda device_id, a: [
-        OfferBuilder(package_base_url=http_server.url)
-        .for_announcement(responder.catalog, device_id, a)
-        .to_bytes()
+        builder.for_announcement(responder.catalog, device_id, a).to_bytes()
     ]
     # Nothing listens on the discard port: only the absolute url can work.
-    device = make_device(http_base_url="http://127.0.0.1:9")
+    device = make_device(http_base_url="http://127.0.0.1:9", keys_url=http_server.url + "/keys")
     outcome = device.run_once()
     assert outcome.kind is OutcomeKind.INSTALLED, outcome.message()
 
@@ -126,7 +127,7 @@ def test_runs_against_the_embedded_amqtt_broker(
     device_config: DeviceConfig,
     protocol: str,
 ) -> None:
-    responder = OfferResponder(amqtt_broker, world.catalog)
+    responder = OfferResponder(amqtt_broker, world.catalog, world.builder)
     try:
         # A broker of its own: the default topic prefix.
         config = replace(
@@ -175,19 +176,22 @@ def test_offers_for_other_request_ids_are_ignored(
     assert kinds == ["UpToDate", "UpdateOffer"]
 
 
-def test_only_offers_for_other_requests_end_in_a_timeout(
+def test_only_offers_for_other_requests_time_out_then_are_refused(
     make_device: DeviceFactory, responder: OfferResponder, world: World
 ) -> None:
+    """Genuine offers sealed for another request (replays) never answer ours: announce()
+    times out, and run_once() refuses what came instead with wrong-request."""
     responder.answer = lambda device_id, a: [
         offer_of(world, "build-1002", device_id, "not-" + (a.request_id or "")).to_bytes()
     ]
     device = make_device(timeout=1.5)
-    with pytest.raises(OfferTimeout, match="no offer for request r-1"):
+    with pytest.raises(OfferTimeout, match="no offer for request r-1") as raised:
         device.announce("r-1")
+    assert [o.request_id for o in raised.value.strays] == ["not-r-1"]
     outcome = device.run_once()
-    assert outcome.kind is OutcomeKind.TIMEOUT
-    assert "is the bridge running" in (outcome.detail or "")
-    assert responder.statuses[device.config.device_id] == []
+    assert outcome.kind is OutcomeKind.REJECTED
+    assert outcome.reason == "wrong-request"
+    assert responder.wait_statuses(device.config.device_id) == ["failed"]
 
 
 def test_nobody_answering_is_a_timeout(
@@ -205,46 +209,89 @@ def test_an_unreadable_offer_for_our_request_fails_fast(
     responder.answer = lambda device_id, a: [
         json.dumps({"status": "update-available", "request_id": a.request_id, "size": "x"}).encode()
     ]
-    outcome = make_device().run_once()
+    device = make_device()
+    outcome = device.run_once()
     assert outcome.kind is OutcomeKind.REJECTED
     assert outcome.reason == "malformed-offer"
+    assert responder.last_status(device.config.device_id).state == "failed"
 
 
 # --- tampered offers ------------------------------------------------------------------------------
 
 
+def _field(name: str, value: Any) -> Any:
+    return lambda offer, world: {name: value}
+
+
+def _other_release(name: str, build_id: str) -> Any:
+    return lambda offer, world: {name: getattr(world.release(build_id), name)}
+
+
+def _manifest_bytes(offer: UpdateOffer, world: World) -> dict[str, Any]:
+    # Same JSON meaning, one more space: the signatures and the envelope cover the bytes.
+    return {"manifest": offer.manifest.replace(":", ": ", 1)}
+
+
+def _manifest_version(offer: UpdateOffer, world: World) -> dict[str, Any]:
+    return {"manifest": offer.manifest.replace('"version":"1.2.0"', '"version":"1.9.0"')}
+
+
+def _envelope_expiry(offer: UpdateOffer, world: World) -> dict[str, Any]:
+    # Stretch the validity window, keep everything else: the signature no longer matches.
+    envelope = json.loads(offer.envelope or "{}")
+    envelope["expires_at"] += 10 * 365 * 24 * 3600
+    return {"envelope": json.dumps(envelope, sort_keys=True, separators=(",", ":"))}
+
+
+def _envelope_of_another_request(offer: UpdateOffer, world: World) -> dict[str, Any]:
+    # A genuine signature, but over another offer's envelope.
+    other = world.offer("build-1002", offer.device_id, "another-request")
+    return {"envelope_signature": other.envelope_signature}
+
+
 def _tamper_cases() -> list[Any]:
-    """(id, change to the genuine offer's fields, expected reason)."""
+    """Every field of a sealed offer, changed one at a time: (change, expected reason).
 
-    def field(name: str, value: Any) -> Any:
-        return lambda offer, world: {name: value}
-
-    def other_release(name: str, build_id: str) -> Any:
-        return lambda offer, world: {name: getattr(world.release(build_id), name)}
-
-    def manifest_bytes(offer: UpdateOffer, world: World) -> dict[str, Any]:
-        # Same JSON meaning, one more space: the signature covers the bytes.
-        return {"manifest": offer.manifest.replace(":", ": ", 1)}
-
-    def manifest_version(offer: UpdateOffer, world: World) -> dict[str, Any]:
-        return {"manifest": offer.manifest.replace('"version":"1.2.0"', '"version":"1.9.0"')}
-
+    The reasons follow the check order of issue 3: envelope signature, device, nonce,
+    expiry, manifest hash, manifest signature, fields against the manifest, checksum
+    signature.
+    """
     return [
-        pytest.param(field("checksum", "0" * 64), "manifest-mismatch", id="checksum"),
+        pytest.param(_envelope_expiry, "envelope-signature", id="envelope"),
+        pytest.param(_envelope_of_another_request, "envelope-signature", id="envelope_signature"),
+        pytest.param(_field("device_id", "someone-else"), "wrong-device", id="device_id"),
         pytest.param(
-            other_release("signature", "build-1000"), "checksum-signature", id="signature"
+            _field("request_id", "someone-elses-request"), "wrong-request", id="request_id"
         ),
-        pytest.param(manifest_bytes, "manifest-signature", id="manifest-bytes"),
-        pytest.param(manifest_version, "manifest-signature", id="manifest-version"),
+        pytest.param(_manifest_bytes, "manifest-hash", id="manifest-bytes"),
+        pytest.param(_manifest_version, "manifest-hash", id="manifest-version"),
         pytest.param(
-            other_release("manifest_signature", "build-1000"),
+            _other_release("manifest_signature", "build-1000"),
             "manifest-signature",
             id="manifest_signature",
         ),
-        pytest.param(field("version", "1.9.0"), "manifest-mismatch", id="version"),
-        pytest.param(field("build_id", "build-9999"), "manifest-mismatch", id="build_id"),
-        pytest.param(field("size", 300_001), "manifest-mismatch", id="size"),
-        pytest.param(field("device_id", "someone-else"), "wrong-device", id="device_id"),
+        pytest.param(_field("checksum", "0" * 64), "manifest-mismatch", id="checksum"),
+        pytest.param(
+            _other_release("signature", "build-1000"), "checksum-signature", id="signature"
+        ),
+        pytest.param(_field("version", "1.9.0"), "manifest-mismatch", id="version"),
+        pytest.param(_field("size", 300_001), "manifest-mismatch", id="size"),
+        pytest.param(_field("build_id", "build-9999"), "manifest-mismatch", id="build_id"),
+        pytest.param(_field("key_id", "0" * 16), "manifest-mismatch", id="key_id"),
+        pytest.param(_field("envelope", None), "envelope-signature", id="no-envelope"),
+    ]
+
+
+def _unsealed_tamper_cases() -> list[Any]:
+    """Seed-era offers (no envelope, --insecure-unsealed): the release signatures still hold."""
+    return [
+        pytest.param(_manifest_bytes, "manifest-signature", id="manifest-bytes"),
+        pytest.param(_manifest_version, "manifest-signature", id="manifest-version"),
+        pytest.param(_field("checksum", "0" * 64), "manifest-mismatch", id="checksum"),
+        pytest.param(
+            _other_release("signature", "build-1000"), "checksum-signature", id="signature"
+        ),
+        pytest.param(_field("device_id", "someone-else"), "wrong-device", id="device_id"),
     ]
 
 
@@ -265,6 +312,36 @@ def test_tampered_offer_is_refused_with_its_reason(
     assert_refused(make_device(), responder, http_server, reason, expected_states=["failed"])
 
 
+@pytest.mark.parametrize(("change", "reason"), _unsealed_tamper_cases())
+def test_tampered_unsealed_offer_is_refused_in_insecure_mode(
+    make_device: DeviceFactory,
+    responder: OfferResponder,
+    world: World,
+    http_server: PackageServer,
+    change: Any,
+    reason: str,
+) -> None:
+    def tamper(device_id: str, announcement: Announcement) -> list[bytes]:
+        offer = OfferBuilder().update_offer(
+            world.release("build-1002"), device_id, announcement.request_id
+        )
+        return [tampered(offer, **change(offer, world))]
+
+    responder.answer = tamper
+    device = make_device(insecure_unsealed=True)
+    assert_refused(device, responder, http_server, reason, expected_states=["failed"])
+
+
+def test_insecure_mode_installs_a_seed_era_unsealed_offer(
+    make_device: DeviceFactory, responder: OfferResponder, world: World
+) -> None:
+    responder.answer = lambda device_id, a: [
+        OfferBuilder().for_announcement(responder.catalog, device_id, a).to_bytes()
+    ]
+    outcome = make_device(insecure_unsealed=True).run_once()
+    assert outcome.kind is OutcomeKind.INSTALLED, outcome.message()
+
+
 def assert_refused(
     device: DeviceClient,
     responder: OfferResponder,
@@ -272,7 +349,7 @@ def assert_refused(
     reason: str,
     expected_states: list[str],
 ) -> None:
-    requests_before = len(http_server.requests)
+    requests_before = len(http_server.package_requests())
     outcome = device.run_once()
     me = device.config.device_id
     assert outcome.kind is OutcomeKind.REJECTED, outcome.message()
@@ -286,7 +363,7 @@ def assert_refused(
     assert (last.detail or "").startswith(f"{reason}: ")
     if expected_states == ["failed"]:
         # Refused before anything was downloaded.
-        assert len(http_server.requests) == requests_before
+        assert len(http_server.package_requests()) == requests_before
 
 
 def _offer_release(build_id: str) -> Any:

@@ -15,8 +15,8 @@ import pytest
 
 from ota_core.device.command import ExitCode, add_arguments, run
 from ota_core.errors import UnknownBuild
-from ota_core.models import Announcement
-from ota_core.offers import OfferBuilder, error_reply
+from ota_core.models import Announcement, UpToDate
+from ota_core.offers import error_reply
 from tests.device.harness import TOPIC_PREFIX, OfferResponder, PackageServer, World, tampered
 from tests.support import MosquittoServer
 
@@ -82,14 +82,28 @@ def test_up_to_date_prints_a_human_line(
 
 
 def _error(device_id: str, a: Announcement, responder: OfferResponder, world: World) -> list[bytes]:
-    return [error_reply(device_id, a.request_id, UnknownBuild("no such build")).to_bytes()]
+    return [world.builder.error(device_id, a.request_id, UnknownBuild("no such build")).to_bytes()]
 
 
 def _forged(
     device_id: str, a: Announcement, responder: OfferResponder, world: World
 ) -> list[bytes]:
-    offer = OfferBuilder().update_offer(world.release("build-2002"), device_id, a.request_id)
-    return [offer.to_bytes()]
+    # Sealed by the genuine offer key, but the release was signed by another release key.
+    return [world.offer("build-2002", device_id, a.request_id).to_bytes()]
+
+
+def _forged_up_to_date(
+    device_id: str, a: Announcement, responder: OfferResponder, world: World
+) -> list[bytes]:
+    # A freeze attack: "nothing new" without the offer key's seal.
+    reply = UpToDate(device_id=device_id, request_id=a.request_id, build_id=a.build_id)
+    return [reply.to_bytes()]
+
+
+def _forged_error(
+    device_id: str, a: Announcement, responder: OfferResponder, world: World
+) -> list[bytes]:
+    return [error_reply(device_id, a.request_id, UnknownBuild("no such build")).to_bytes()]
 
 
 def _nothing(
@@ -99,7 +113,7 @@ def _nothing(
 
 
 def _gone(device_id: str, a: Announcement, responder: OfferResponder, world: World) -> list[bytes]:
-    offer = OfferBuilder().update_offer(world.release("build-1002"), device_id, a.request_id)
+    offer = world.offer("build-1002", device_id, a.request_id)
     return [tampered(offer, url="/packages/gone.zip")]
 
 
