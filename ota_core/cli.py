@@ -104,6 +104,8 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # Alembic narrates every migration step at INFO; only problems matter at start-up.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
 
 
 def _prepare_keys(settings: Settings) -> None:
