@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,23 @@ class PackageFolder:
             return info
         finally:
             tmp.unlink(missing_ok=True)
+
+    def sweep_stale_uploads(self, older_than_seconds: float = 3600) -> list[str]:
+        """Delete temp files left by uploads that died mid-way (a crash, a kill).
+
+        They never carry a real package name, so nothing can download or publish
+        them; this only gives the disk space back. Returns the names removed.
+        """
+        cutoff = time.time() - older_than_seconds
+        removed = []
+        for path in self._real_root.glob(".upload-*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path.name)
+            except FileNotFoundError:
+                continue  # another process swept it first
+        return removed
 
     def remove(self, filename: str) -> None:
         try:

@@ -67,6 +67,7 @@ class Services:
         database = open_database(settings.resolved_database_url)
         store = ReleaseStore(database)
         packages = PackageFolder(settings.packages_dir)
+        packages.sweep_stale_uploads()
         releases = ReleaseService(store, packages, load_signer(settings.keys_dir))
         return cls(
             settings=settings,
