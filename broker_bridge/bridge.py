@@ -13,6 +13,19 @@ Threads, and why there are exactly these:
   catalog revision in the database is how the two coordinate — follows offer
   key rotations (``ota keys rotate``), and logs a one-line traffic summary
   now and then.
+* the push thread (:mod:`broker_bridge.push`): when the catalog revision
+  moves, offers go to every known device the new catalog offers an update,
+  paced, without waiting for the devices to ask.
+* the rollout supervisor thread (:mod:`broker_bridge.supervisor`): pauses a
+  rollout whose failure rate is over its threshold, advances one whose wait
+  is over.
+
+In front of the handler, on the MQTT thread, two cheap guards
+(:mod:`broker_bridge.limits`): a token bucket per device drops floods
+(``OTA_DEVICE_RATE_LIMIT``/``OTA_DEVICE_RATE_BURST``, logged once per device
+per window), and an exact duplicate of an announcement answered in the last
+``OTA_REPLY_CACHE_SECONDS`` gets the same reply bytes again (QoS 1 is
+at-least-once; a duplicate is neither answered differently nor recorded twice).
 
 A release published elsewhere is used at once, not just after the next poll:
 an answer that a newer catalog could change for the better — ``up-to-date``
@@ -52,14 +65,21 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from broker_bridge.handler import BridgeHandler, HandlerResult, Outcome
+from broker_bridge.limits import DeviceRateLimiter, ReplyCache
+from broker_bridge.push import Pusher
+from broker_bridge.supervisor import RolloutSupervisor
 from broker_bridge.writer import RegistryWriter
 from ota_core.catalog import Catalog
 from ota_core.errors import InvalidInput, OtaError
 from ota_core.services import Services
 from ota_core.settings import Settings
+from ota_core.store.rollouts import RolloutStore
 from ota_core.topics import TopicKind
 
 log = logging.getLogger(__name__)
+
+#: What a cached reply depends on: (catalog revision, offer key id).
+_Stamp = tuple[int, str | None]
 
 #: How long the broker keeps the bridge's MQTT 5 session (and queues its
 #: announcements) while the bridge is away.
@@ -73,6 +93,8 @@ MAX_INFLIGHT_OFFERS = 100
 #: How long stop() waits for offers already published to be acknowledged.
 DRAIN_SECONDS = 5.0
 SUMMARY_EVERY_SECONDS = 60.0
+#: Rate-limited devices are logged once per window, with a summary at its end.
+RATE_LOG_WINDOW_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,8 @@ class BridgeStats:
     status_errors: int = 0
     dropped: int = 0
     connects: int = 0
+    rate_limited: int = 0  # messages dropped by the per-device rate limit
+    duplicates: int = 0  # announcements answered again from the reply cache
 
     def snapshot(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -163,6 +187,28 @@ class Bridge:
         )
         self.stats = BridgeStats()
         self._writer = RegistryWriter(services.registry.apply)
+        self._limiter = (
+            DeviceRateLimiter(settings.device_rate_limit, settings.device_rate_burst)
+            if settings.device_rate_limit > 0
+            else None
+        )
+        self._replies = (
+            ReplyCache(settings.reply_cache_seconds) if settings.reply_cache_seconds > 0 else None
+        )
+        self.pusher: Pusher | None = None
+        if settings.push_rate > 0:
+            self.pusher = Pusher(
+                registry=services.registry,
+                catalog=lambda: catalog_cache.current,
+                offers=lambda: self.handler.offers,
+                topics=self._topics,
+                publish=self._publish_push,
+                rate=settings.push_rate,
+                connected=lambda: self._ready.is_set(),
+            )
+        self.supervisor = RolloutSupervisor(
+            RolloutStore(services.database), settings.rollout_check_seconds
+        )
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._timer: threading.Thread | None = None
@@ -181,6 +227,7 @@ class Bridge:
         self._recheck_lock = threading.Lock()  # orders deferrals against stop()
         self._closing = False  # no more deferrals: stop() is answering what is left
         self._timer_wake = threading.Event()
+        self._offer_key_id = self._key_id()
         self._client = self._make_client()
 
     # -- public API -----------------------------------------------------
@@ -203,6 +250,9 @@ class Bridge:
         self._check_catalog()
         self._refresh_offer_key()
         self._writer.start()
+        if self.pusher is not None:
+            self.pusher.start()
+        self.supervisor.start()
         self._timer = threading.Thread(
             target=self._timer_loop, name="ota-catalog-refresh", daemon=True
         )
@@ -248,6 +298,9 @@ class Bridge:
             self._closing = True  # from now on the MQTT thread answers everything itself
         self._stopping.set()
         self._timer_wake.set()
+        self.supervisor.stop()
+        if self.pusher is not None:
+            self.pusher.stop()
         if self._timer is not None:
             self._timer.join()
             self._timer = None
@@ -419,18 +472,72 @@ class Bridge:
             if not isinstance(payload, bytes):
                 payload = bytes(payload)
             arrival = time.monotonic()
-            fresh_since = self._fresh_since  # read before handling: see _defer
+            limiter = self._limiter
+            if limiter is not None:
+                device_key = _device_key(topic)
+                if device_key is not None and not limiter.allow(device_key, arrival):
+                    self._rate_limited(limiter, device_key)
+                    return
             snapshot = self._services.catalog.current  # what the handler will see, or newer
+            stamp = (snapshot.revision, self._offer_key_id)
+            if self._replies is not None and self._answer_duplicate(
+                topic, payload, stamp, arrival
+            ):
+                return
+            fresh_since = self._fresh_since  # read before handling: see _defer
             result = self.handler.handle(topic, payload, datetime.now(UTC))
             if (
                 arrival >= fresh_since
                 and _better_with_newer_catalog(result)
-                and self._defer(_Deferred(topic, payload, snapshot, result))
+                and self._defer(_Deferred(topic, payload, snapshot, stamp, result))
             ):
                 return
-            self._emit(result, topic)
+            self._emit(result, topic, payload, stamp)
         except Exception:
             log.exception("bridge failed on a message; continuing")
+
+    def _rate_limited(self, limiter: DeviceRateLimiter, device_key: str) -> None:
+        with self._count_lock:
+            self.stats.rate_limited += 1
+        if limiter.note_drop(device_key):  # its first drop in this window: one line
+            log.warning(
+                "device rate-limited device_id=%s limit=%g/s burst=%d; its messages are "
+                "dropped and counted until it slows down",
+                _quoted(device_key, 70), limiter.rate, int(limiter.burst),
+            )
+
+    def _answer_duplicate(self, topic: str, payload: bytes, stamp: _Stamp, now: float) -> bool:
+        """Republish the cached reply to an exact duplicate; False when there is none."""
+        assert self._replies is not None
+        cached = self._replies.get(topic, payload, stamp, now)
+        if cached is None:
+            return False
+        self._publish(cached.topic, cached.payload, None, None)
+        with self._count_lock:
+            self.stats.duplicates += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("announce outcome=duplicate topic=%s", _quoted(topic, 200))
+        return True
+
+    def _publish(
+        self, topic: str, payload: bytes, device_id: str | None, request_id: str | None
+    ) -> None:
+        """Publish at QoS 1 without waiting for the PUBACK. Any thread (paho locks)."""
+        with self._count_lock:
+            self._unacked += 1
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            # NO_CONN keeps the QoS 1 message queued for the reconnect; other codes lose it.
+            with self._count_lock:
+                self._unacked -= 1
+            log.error(
+                "offer not published device_id=%s request_id=%s error=%s",
+                device_id, request_id, mqtt.error_string(info.rc),
+            )
+
+    def _publish_push(self, topic: str, payload: bytes) -> None:
+        """The push thread's way out: same QoS 1 path as answers."""
+        self._publish(topic, payload, None, None)
 
     def _defer(self, deferred: _Deferred) -> bool:
         """Queue an announcement for a catalog check newer than its arrival.
@@ -447,20 +554,18 @@ class Bridge:
         self._timer_wake.set()
         return True
 
-    def _emit(self, result: HandlerResult, topic: str) -> None:
-        """Publish the reply, queue the registry event, count and log. Any thread."""
+    def _emit(self, result: HandlerResult, topic: str, payload: bytes, stamp: _Stamp) -> None:
+        """Publish the reply, queue the registry event, count and log. Any thread.
+
+        ``stamp`` (catalog revision, offer key id) was read before the answer was
+        made: a cached reply is only reused while the stamp is still current.
+        """
         reply = result.reply
         if reply is not None:
-            with self._count_lock:
-                self._unacked += 1
-            info = self._client.publish(reply.topic, reply.payload, qos=1)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                # NO_CONN keeps the QoS 1 message queued for the reconnect; other codes lose it.
-                with self._count_lock:
-                    self._unacked -= 1
-                log.error(
-                    "offer not published device_id=%s request_id=%s error=%s",
-                    result.device_id, result.request_id, mqtt.error_string(info.rc),
+            self._publish(reply.topic, reply.payload, result.device_id, result.request_id)
+            if self._replies is not None and result.request_id is not None:
+                self._replies.put(
+                    topic, payload, stamp, reply.topic, reply.payload, time.monotonic()
                 )
         if result.event is not None:
             self._writer.put(result.event)
@@ -477,10 +582,12 @@ class Bridge:
             except IndexError:
                 return
             try:
-                result = item.result
-                if catalog.current is not item.snapshot:  # it changed: answer again
+                result, stamp = item.result, item.stamp
+                current = catalog.current
+                if current is not item.snapshot:  # it changed: answer again
+                    stamp = (current.revision, self._offer_key_id)
                     result = self.handler.handle(item.topic, item.payload, datetime.now(UTC))
-                self._emit(result, item.topic)
+                self._emit(result, item.topic, item.payload, stamp)
             except Exception:
                 log.exception("bridge failed on a message; continuing")
 
@@ -511,8 +618,13 @@ class Bridge:
             return
         if switched:
             self.handler.set_offers(services.offers)
+            self._offer_key_id = self._key_id()
             signer = services.offers.offer_signer
             log.info("offer key switched key_id=%s", signer.key_id if signer else None)
+
+    def _key_id(self) -> str | None:
+        signer = self.handler.offers.offer_signer
+        return signer.key_id if signer is not None else None
 
     def _check_catalog(self) -> None:
         """Refresh the catalog snapshot; then everything that arrived before now is answerable."""
@@ -536,6 +648,8 @@ class Bridge:
             self._catalog_failing = False
             if catalog.revision != before:
                 log.info("catalog reloaded revision=%d releases=%d", catalog.revision, len(catalog))
+                if self.pusher is not None:
+                    self.pusher.wake()
         # Also after a failure: waiting answers must not pile up while the database is
         # away, and no release can be published through it meanwhile.
         self._fresh_since = started
@@ -544,6 +658,7 @@ class Bridge:
         period = self._settings.catalog_poll_seconds
         next_poll = time.monotonic() + period
         next_summary = time.monotonic() + SUMMARY_EVERY_SECONDS
+        next_rate_log = time.monotonic() + RATE_LOG_WINDOW_SECONDS
         last_summary: dict[str, int] = {}
         while not self._stopping.is_set():
             self._timer_wake.wait(max(0.0, next_poll - time.monotonic()))
@@ -557,18 +672,45 @@ class Bridge:
             if now >= next_poll:
                 next_poll = now + period
                 self._refresh_offer_key()
+            if now >= next_rate_log:
+                next_rate_log = now + RATE_LOG_WINDOW_SECONDS
+                self._log_rate_window()
             if now >= next_summary:
                 next_summary = now + SUMMARY_EVERY_SECONDS
                 summary = self.stats.snapshot()
                 if summary != last_summary:
                     last_summary = summary
                     log.info(
-                        "bridge traffic %s registry_backlog=%d registry_write_failures=%d "
-                        "registry_events_dropped=%d",
+                        "bridge traffic %s pushed=%d registry_backlog=%d "
+                        "registry_write_failures=%d registry_events_dropped=%d",
                         " ".join(f"{k}={v}" for k, v in summary.items()),
+                        self.pusher.stats.pushed if self.pusher is not None else 0,
                         self._writer.backlog, self._writer.failures, self._writer.dropped,
                     )
         self._answer_deferred()
+
+    def _log_rate_window(self) -> None:
+        if self._limiter is None:
+            return
+        report = self._limiter.end_window()
+        if report.dropped:
+            log.warning(
+                "rate limiting window=%gs dropped=%d devices=%d top=%s",
+                RATE_LOG_WINDOW_SECONDS, report.dropped, report.devices,
+                _quoted(", ".join(f"{d}:{n}" for d, n in report.top)),
+            )
+
+
+def _device_key(topic: str) -> str | None:
+    """The device id part of ``…/devices/<id>/<kind>``, unvalidated; None when absurd.
+
+    Only a key for the rate limiter: the handler validates the topic properly.
+    """
+    end = topic.rfind("/")
+    start = topic.rfind("/", 0, end)
+    if end <= 0 or start < 0 or end - start - 1 > 64:
+        return None
+    return topic[start + 1 : end]
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +720,7 @@ class _Deferred:
     topic: str
     payload: bytes
     snapshot: Catalog
+    stamp: _Stamp
     result: HandlerResult
 
 

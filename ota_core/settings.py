@@ -55,6 +55,24 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=0, description="how long a rotated-out offer key stays verifiable"
     )
     catalog_poll_seconds: float = Field(0.5, gt=0)
+
+    # Push and rollouts (the bridge).
+    push_rate: float = Field(
+        500.0, ge=0, description="offers per second the bridge pushes to known devices; 0: no push"
+    )
+    rollout_check_seconds: float = Field(
+        1.0, gt=0, description="how often the bridge checks rollouts (auto-pause, auto-advance)"
+    )
+    # Flood protection (the bridge): a token bucket per device over announce + status.
+    device_rate_limit: float = Field(
+        2.0, ge=0, description="messages per second one device may sustain; 0: no limit"
+    )
+    device_rate_burst: int = Field(
+        20, ge=1, description="messages one device may send at once before the limit applies"
+    )
+    reply_cache_seconds: float = Field(
+        30.0, ge=0, description="how long a duplicate announcement gets the same reply; 0: off"
+    )
     log_level: str = "INFO"
 
     @field_validator("admin_password")

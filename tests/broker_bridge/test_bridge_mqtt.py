@@ -76,6 +76,8 @@ def bridge_settings(ota_dirs: Any, url: str, protocol: str = "5", **extra: Any) 
         "topic_prefix": unique_prefix(),
         "mqtt_client_id": f"bridge-{uuid.uuid4().hex[:10]}",
         "catalog_poll_seconds": 0.1,
+        # These tests send bursts from one device id on purpose; the limiter has its own.
+        "device_rate_limit": 0,
     }
     settings: Settings = ota_dirs.settings(**{**values, **extra})
     return settings
