@@ -109,7 +109,11 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
+        """SQLAlchemy URL; plain ``postgresql://`` URLs use the psycopg 3 driver we ship."""
         if self.database_url:
+            for plain in ("postgresql://", "postgres://"):
+                if self.database_url.startswith(plain):
+                    return "postgresql+psycopg://" + self.database_url.removeprefix(plain)
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'ota.sqlite3').resolve()}"
 

@@ -24,8 +24,8 @@ from ota_core.store.devices import AnnouncementSeen, StatusSeen
 
 
 @pytest.fixture
-def service(tmp_path: Path, signer: ReleaseSigner) -> ReleaseService:
-    db = open_database(f"sqlite:///{tmp_path / 'data' / 'ota.sqlite3'}")
+def service(tmp_path: Path, signer: ReleaseSigner, db_url: str) -> ReleaseService:
+    db = open_database(db_url)
     return ReleaseService(ReleaseStore(db), PackageFolder(tmp_path / "packages"), signer)
 
 
@@ -172,9 +172,9 @@ def test_seed_metadata_import_and_export(service: ReleaseService) -> None:
 
 
 def test_database_survives_reopen_and_migrations_are_idempotent(
-    tmp_path: Path, signer: ReleaseSigner
+    tmp_path: Path, signer: ReleaseSigner, db_url: str
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'ota.sqlite3'}"
+    url = db_url
     packages = PackageFolder(tmp_path / "packages")
     (packages.root / "a.bin").write_bytes(b"a")
     ReleaseService(ReleaseStore(open_database(url)), packages, signer).add_existing(
@@ -184,8 +184,8 @@ def test_database_survives_reopen_and_migrations_are_idempotent(
     assert [r.build_id for r in reopened.load_catalog()] == ["a"]
 
 
-def test_device_registry_records_announcements_and_statuses(tmp_path: Path) -> None:
-    registry = DeviceRegistry(open_database(f"sqlite:///{tmp_path / 'ota.sqlite3'}"))
+def test_device_registry_records_announcements_and_statuses(db_url: str) -> None:
+    registry = DeviceRegistry(open_database(db_url))
     t1 = datetime(2026, 1, 1, tzinfo=UTC)
     t2 = datetime(2026, 1, 2, tzinfo=UTC)
     ann = Announcement.from_bytes(
@@ -215,3 +215,13 @@ def test_device_registry_records_announcements_and_statuses(tmp_path: Path) -> N
     assert record.last_seen == t2
     assert registry.get("unknown") is None
     assert [r.device_id for r in registry.all()] == ["d1"]
+
+
+def test_plain_postgresql_urls_use_the_shipped_driver(postgres_server: object) -> None:
+    from ota_core.settings import Settings
+
+    url = postgres_server.new_database()  # type: ignore[attr-defined]
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    settings = Settings(database_url=plain, _env_file=None)  # type: ignore[call-arg]
+    assert settings.resolved_database_url == url
+    assert open_database(settings.resolved_database_url).engine.dialect.driver == "psycopg"

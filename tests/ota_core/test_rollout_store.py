@@ -29,9 +29,9 @@ class Clock:
 
 @pytest.fixture
 def world(
-    tmp_path: Path, signer: ReleaseSigner
+    tmp_path: Path, signer: ReleaseSigner, db_url: str
 ) -> tuple[ReleaseService, RolloutStore, DeviceRegistry, Clock]:
-    db = open_database(f"sqlite:///{tmp_path / 'ota.sqlite3'}")
+    db = open_database(db_url)
     service = ReleaseService(ReleaseStore(db), PackageFolder(tmp_path / "packages"), signer)
     (tmp_path / "packages" / "one.bin").write_bytes(b"1")
     (tmp_path / "packages" / "two.bin").write_bytes(b"2")
