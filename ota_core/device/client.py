@@ -791,12 +791,12 @@ class DeviceClient:
         except InvalidInput as e:
             self._on_bad_offer(payload, e)
             return
-        self._route(offer)
-        if self.on_offer is not None:
+        if self.on_offer is not None:  # first: it sees the offer before anyone acts on it
             try:
                 self.on_offer(offer)
             except Exception:  # a user hook must never kill the network thread
                 log.exception("%s: on_offer hook failed", self.config.device_id)
+        self._route(offer)
 
     def _route(self, offer: Offer) -> None:
         """Give ``offer`` to the request it answers, or queue it as a push, or keep it as a
@@ -818,7 +818,9 @@ class DeviceClient:
         if pending is not None:
             _settle(pending.future, offer)
             return
-        if is_push and isinstance(offer, UpdateOffer):
+        if offer.request_id is None and isinstance(offer, UpdateOffer):
+            # A push (or passing for one: a replayed answer with its request id cut off,
+            # which the nonce check will refuse).
             self._push(offer)
         elif offer.request_id is not None or nonce is not None:
             log.debug(

@@ -234,6 +234,21 @@ class OfferResponder:
             raise TimeoutError(f"{device_id} reported no final status; got {states}")
         return states
 
+    def wait_final_count(self, device_id: str, count: int, timeout: float = 10) -> list[str]:
+        """States reported by ``device_id`` once it reported ``count`` final ones."""
+        with self._cond:
+            done = self._cond.wait_for(
+                lambda: (
+                    sum(s.state in ("installed", "failed") for s in self.statuses[device_id])
+                    >= count
+                ),
+                timeout,
+            )
+            states = [s.state.value for s in self.statuses[device_id]]
+        if not done:
+            raise TimeoutError(f"{device_id} reported fewer than {count} final states: {states}")
+        return states
+
     def last_status(self, device_id: str) -> StatusReport:
         self.wait_statuses(device_id)
         with self._cond:
@@ -261,6 +276,9 @@ class PackageServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, so the devices' shared connection pool is exercised.
+            protocol_version = "HTTP/1.1"
+
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 route = server.routes.get(self.path)
