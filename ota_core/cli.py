@@ -28,6 +28,7 @@ from ota_core.keyfiles import (
     published_offer_keys,
     rotate_offer_key,
 )
+from ota_core.logs import configure_logging
 from ota_core.settings import Settings
 
 log = logging.getLogger("ota")
@@ -99,13 +100,7 @@ def check_port_free(
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # Alembic narrates every migration step at INFO; only problems matter at start-up.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _prepare_keys(settings: Settings) -> None:

@@ -7,6 +7,7 @@ CLI flags override the environment (``ota run --http-port 18000`` equals
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -74,6 +75,7 @@ class Settings(BaseSettings):
         30.0, ge=0, description="how long a duplicate announcement gets the same reply; 0: off"
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("admin_password")
     @classmethod
