@@ -512,9 +512,9 @@ class Bridge:
         cached = self._replies.get(topic, payload, stamp, now)
         if cached is None:
             return False
-        self._publish(cached.topic, cached.payload, None, None)
         with self._count_lock:
             self.stats.duplicates += 1
+        self._publish(cached.topic, cached.payload, None, None)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("announce outcome=duplicate topic=%s", _quoted(topic, 200))
         return True
@@ -560,17 +560,19 @@ class Bridge:
         ``stamp`` (catalog revision, offer key id) was read before the answer was
         made: a cached reply is only reused while the stamp is still current.
         """
-        reply = result.reply
-        if reply is not None:
-            self._publish(reply.topic, reply.payload, result.device_id, result.request_id)
-            if self._replies is not None and result.request_id is not None:
-                self._replies.put(
-                    topic, payload, stamp, reply.topic, reply.payload, time.monotonic()
-                )
+        # Bookkeeping first: whoever sees the reply may rely on the event being queued
+        # (flush_registry then covers it), the counters counted and the cache filled.
         if result.event is not None:
             self._writer.put(result.event)
         with self._count_lock:
             self.stats.count(result)
+        reply = result.reply
+        if reply is not None:
+            if self._replies is not None and result.request_id is not None:
+                self._replies.put(
+                    topic, payload, stamp, reply.topic, reply.payload, time.monotonic()
+                )
+            self._publish(reply.topic, reply.payload, result.device_id, result.request_id)
         _log_result(result, topic)
 
     def _answer_deferred(self) -> None:

@@ -88,7 +88,8 @@ class Pacer:
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
                 return True
-            if stop.wait((1.0 - self._tokens) / self.rate):
+            # At least a millisecond: float rounding must not turn this into a busy loop.
+            if stop.wait(max(0.001, (1.0 - self._tokens) / self.rate)):
                 return False
 
 
@@ -260,8 +261,8 @@ class Pusher:
                 self._pacer.take(self._stopping)
             release = releases[(push.device_id, push.build_id)]
             offer = offers.update_offer(release, push.device_id, None)
+            self.stats.pushed += 1  # counted first: whoever sees the offer sees the count
             self._publish(str(self._topics.offer(push.device_id)), offer.to_bytes())
-            self.stats.pushed += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("push device_id=%s build_id=%s", push.device_id, push.build_id)
         return len(claimed)

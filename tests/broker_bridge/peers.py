@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from broker_bridge.bridge import Bridge
 from ota_core.models import ErrorReply, Offer, UpdateOffer, UpToDate, parse_offer
@@ -97,6 +98,21 @@ class FakeDevice:
         self.probe.close()
 
 
+def bridge_settings(ota_dirs: Any, url: str, protocol: str = "5", **extra: Any) -> Settings:
+    """Settings for a bridge of the test's own: own topic prefix and client id, brisk polls."""
+    values: dict[str, Any] = {
+        "broker_url": url,
+        "mqtt_protocol": protocol,
+        "topic_prefix": unique_prefix(),
+        "mqtt_client_id": f"bridge-{uuid.uuid4().hex[:10]}",
+        "catalog_poll_seconds": 0.1,
+        # Tests send bursts from one device id on purpose; the limiter has its own tests.
+        "device_rate_limit": 0,
+    }
+    settings: Settings = ota_dirs.settings(**{**values, **extra})
+    return settings
+
+
 def add_release(
     services: Services, build_id: str, version: str, content: bytes | None = None, **extra: str
 ) -> None:
@@ -121,3 +137,72 @@ def running_bridge(settings: Settings) -> Iterator[tuple[Bridge, Services]]:
     finally:
         bridge.stop()
         services.close()
+
+
+class Fleet:
+    """Many device ids over one MQTT connection, seeing every offer under the prefix.
+
+    Anonymous Mosquitto has no ACL, so one connection may speak for any device id
+    (the one-connection-many-ids mode of a simulator). Offers are kept per device,
+    in arrival order, as parsed JSON.
+    """
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.settings = settings
+        self.probe = MqttProbe(url)
+        self.probe.subscribe(f"{settings.topic_prefix}/devices/+/offer")
+        self.offers: dict[str, list[dict[str, object]]] = {}
+
+    def announce(self, device_id: str, wait_ack: bool = True, **fields: object) -> None:
+        topic = str(self.settings.topics.announce(device_id))
+        payload = json.dumps(fields).encode()
+        if wait_ack:
+            self.probe.publish(topic, payload)
+        else:
+            self.probe.client.publish(topic, payload, qos=1)
+
+    def report(self, device_id: str, state: str, build_id: str) -> None:
+        topic = str(self.settings.topics.status(device_id))
+        self.probe.publish(topic, json.dumps({"state": state, "build_id": build_id}).encode())
+
+    def receive(self, timeout: float = WAIT) -> tuple[str, dict[str, object]]:
+        message = self.probe.expect(timeout)
+        device_id = message.topic.split("/")[-2]
+        offer: dict[str, object] = json.loads(message.payload)
+        self.offers.setdefault(device_id, []).append(offer)
+        return device_id, offer
+
+    def register(self, devices: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+        """Announce each device once (request_id "reg") and wait for every answer."""
+        for device_id, fields in devices.items():
+            self.announce(device_id, wait_ack=False, request_id="reg", **fields)
+        answers: dict[str, dict[str, object]] = {}
+        while len(answers) < len(devices):
+            device_id, offer = self.receive()
+            if offer.get("request_id") == "reg":
+                answers[device_id] = offer
+        return answers
+
+    def drain_until_answer(self, device_id: str, request_id: str, **fields: object) -> None:
+        """Announce as ``device_id`` and take in every message until its answer arrives.
+
+        The bridge publishes in order on one connection, so whatever it published
+        before this answer (pushes included) has arrived by then.
+        """
+        self.announce(device_id, request_id=request_id, **fields)
+        while True:
+            got, offer = self.receive()
+            if got == device_id and offer.get("request_id") == request_id:
+                return
+
+    def pushes(self) -> dict[str, list[str]]:
+        """Per device, the builds pushed to it (offers without a request id)."""
+        out: dict[str, list[str]] = {}
+        for device_id, offers in self.offers.items():
+            for offer in offers:
+                if offer.get("request_id") is None and offer["status"] == "update-available":
+                    out.setdefault(device_id, []).append(str(offer["build_id"]))
+        return out
+
+    def close(self) -> None:
+        self.probe.close()

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,8 @@ from tests.broker_bridge.peers import (
     WAIT,
     FakeDevice,
     add_release,
+    bridge_settings,
     running_bridge,
-    unique_prefix,
 )
 from tests.support import (
     MosquittoServer,
@@ -67,20 +66,6 @@ def broker(request: pytest.FixtureRequest) -> BrokerUnderTest:
         return BrokerUnderTest(server.url, "5" if request.param.endswith("mqtt5") else "3.1.1")
     url: str = request.getfixturevalue("amqtt_broker")
     return BrokerUnderTest(url, "3.1.1")  # amqtt has no MQTT 5
-
-
-def bridge_settings(ota_dirs: Any, url: str, protocol: str = "5", **extra: Any) -> Settings:
-    values: dict[str, Any] = {
-        "broker_url": url,
-        "mqtt_protocol": protocol,
-        "topic_prefix": unique_prefix(),
-        "mqtt_client_id": f"bridge-{uuid.uuid4().hex[:10]}",
-        "catalog_poll_seconds": 0.1,
-        # These tests send bursts from one device id on purpose; the limiter has its own.
-        "device_rate_limit": 0,
-    }
-    settings: Settings = ota_dirs.settings(**{**values, **extra})
-    return settings
 
 
 @pytest.fixture
@@ -185,7 +170,8 @@ BAD_ANNOUNCEMENTS = [
     (b'{"build_id": "build-1", "version": "not-a-version"}', "bad-request"),
     (b"[" * 2000 + b"]" * 2000, "bad-request"),  # nested too deeply
     (b'{"build_id": ' + b"7" * 3000 + b"}", "bad-request"),  # huge integer
-    (b'{"build_id": "build-1", "pad": "' + b"x" * 20_000 + b'"}', "payload-too-large"),
+    # Over OTA_MAX_MESSAGE_BYTES, under the broker's max_packet_size (which would drop the sender).
+    (b'{"build_id": "build-1", "pad": "' + b"x" * 8_000 + b'"}', "payload-too-large"),
     (b'{"build_id": "build-1", "device_id": "someone-else"}', "bad-request"),
     (b'"just a string"', "bad-request"),
 ]
