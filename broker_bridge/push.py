@@ -187,8 +187,18 @@ class Pusher:
                     self.completed_revision = max(self.completed_revision, catalog.revision)
                     self._done.notify_all()
 
-    def _superseded(self, catalog: Catalog) -> bool:
-        return self._catalog().revision != catalog.revision
+    def _abandon(self, catalog: Catalog, pushed: int) -> bool:
+        """Stop this pass when stopping, or when a newer catalog arrived (then start over)."""
+        if self._stopping.is_set():
+            return True
+        if self._catalog().revision == catalog.revision:
+            return False
+        self.stats.restarts += 1
+        log.info(
+            "push restarting for a newer catalog revision=%d pushed=%d", catalog.revision, pushed
+        )
+        self._wake.set()
+        return True
 
     def _pass(self, catalog: Catalog) -> bool:
         """Push what ``catalog`` offers to every known device; False if abandoned."""
@@ -197,15 +207,7 @@ class Pusher:
         pushed = skipped = 0
         after: str | None = None
         while True:
-            if self._stopping.is_set():
-                return False
-            if self._superseded(catalog):
-                self.stats.restarts += 1
-                log.info(
-                    "push restarting for a newer catalog revision=%d pushed=%d",
-                    catalog.revision, pushed,
-                )
-                self._wake.set()
+            if self._abandon(catalog, pushed):
                 return False
             page = self._registry.known_devices(after, PAGE_SIZE)
             if not page:
@@ -214,6 +216,9 @@ class Pusher:
             todo, already = self._updates(catalog, page)
             skipped += already
             for start in range(0, len(todo), self._claim_chunk):
+                # Between chunks too: at a low rate a page takes minutes to push.
+                if start and self._abandon(catalog, pushed):
+                    return False
                 if not self._wait_connected():
                     return False
                 pushed += self._claim_and_publish(todo[start : start + self._claim_chunk])

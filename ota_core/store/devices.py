@@ -102,7 +102,8 @@ def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[st
 
 @dataclass
 class _Device:
-    """A device row as the batch sees it: preloaded or created by the batch."""
+    """A device row as the batch sees it: existing (``values`` holds only what the batch
+    changed) or created by the batch (``values`` holds every column)."""
 
     values: dict[str, Any]
     is_new: bool
@@ -161,11 +162,11 @@ class _Batch:
                 builds.add(event.build_id)
                 offered.add(event.build_id)
         for chunk in _chunks(ids):
-            for row in conn.execute(
-                select(devices).where(devices.c.device_id.in_(chunk)).with_for_update()
+            # Only which devices exist: updates write just the columns the batch changes.
+            for (device_id,) in conn.execute(
+                select(devices.c.device_id).where(devices.c.device_id.in_(chunk)).with_for_update()
             ):
-                values = dict(row._mapping)
-                self._devices[values.pop("device_id")] = _Device(values, is_new=False)
+                self._devices[device_id] = _Device({}, is_new=False)
             if builds:
                 for device_id, build_id, state in conn.execute(
                     select(

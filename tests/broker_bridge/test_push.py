@@ -277,3 +277,31 @@ def test_mqtt_311_devices_get_pushes_too(ota_dirs: Any, mosquitto: MosquittoServ
     finally:
         device.close()
         admin.close()
+
+
+def test_a_newer_release_during_a_push_restarts_it_from_the_newer_catalog(
+    ota_dirs: Any, mosquitto: MosquittoServer
+) -> None:
+    rate = 20.0  # 100 devices: the pacer alone makes the first push last about 5 s
+    settings = bridge_settings(ota_dirs, mosquitto.url, "5", push_rate=rate)
+    fleet_ids = [f"n-{n:03d}" for n in range(100)]
+    admin = Services.from_settings(settings)
+    fleet = Fleet(mosquitto.url, settings)
+    try:
+        with running_bridge(settings) as (bridge, _):
+            add_release(admin, "b1", "1.0.0")
+            fleet.register({d: {"build_id": "b1"} for d in fleet_ids})
+            assert bridge.flush_registry(WAIT)
+            add_release(admin, "b2", "2.0.0")
+            while fleet.receive()[1].get("request_id") is not None:
+                pass  # until the first push of b2 is out
+            add_release(admin, "b3", "3.0.0")
+            pushed = pushed_through(bridge, admin, fleet, "s1")
+            assert bridge.pusher is not None and bridge.pusher.stats.restarts >= 1
+            # Every device gets the newest exactly once; b2 at most once and never after b3.
+            assert set(pushed) == set(fleet_ids)
+            assert all(builds in (["b3"], ["b2", "b3"]) for builds in pushed.values()), pushed
+            assert sum(builds == ["b3"] for builds in pushed.values()) > len(fleet_ids) // 2
+    finally:
+        fleet.close()
+        admin.close()
