@@ -21,10 +21,15 @@ RUN pip install . && cd / && rm -rf /src
 
 # Non-root, with the state folders created here so that fresh named volumes mounted on
 # them start out owned by this user. keys/ holds the release private key: owner only.
+# mqtt/ is where compose's `mqtt-users` service writes the Mosquitto password file; it
+# runs as uid 1883 (Mosquitto's user in the eclipse-mosquitto image), so the broker can
+# read the 0600 file from the shared volume.
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/ota --no-create-home ota \
-    && mkdir -p /var/lib/ota/keys /var/lib/ota/packages /var/lib/ota/data \
+    && mkdir -p /var/lib/ota/keys /var/lib/ota/packages /var/lib/ota/data /var/lib/ota/mqtt \
     && chown -R ota:ota /var/lib/ota \
-    && chmod 0700 /var/lib/ota/keys
+    && chmod 0700 /var/lib/ota/keys \
+    && chown 1883:1883 /var/lib/ota/mqtt \
+    && chmod 0700 /var/lib/ota/mqtt
 
 ENV OTA_HOST=0.0.0.0 \
     OTA_HTTP_PORT=8000 \

@@ -464,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     if device_command is not None:
         device_command.add_arguments(device)
     device.set_defaults(func=cmd_device)
+
+    from ota_core import mqtt_users
+
+    mqtt_user = sub.add_parser(
+        "mqtt-user", help="Mosquitto users: one per device, plus the bridge (password file)"
+    )
+    mqtt_users.add_arguments(mqtt_user)
+    mqtt_user.set_defaults(func=mqtt_users.run)
     return parser
 
 

@@ -1,7 +1,15 @@
 """Fixtures shared by the whole suite: real brokers on free ports and per-test OTA folders.
 
-- ``mosquitto``: one Mosquitto for the session, from the repo's mosquitto.conf.
-- ``fresh_mosquitto``: a Mosquitto of the test's own (for restart/crash tests).
+- ``mosquitto``: one Mosquitto for the session, from the repo's mosquitto.conf with the
+  test-only relaxation (anonymous clients, no ACL: see tests/support/mosquitto.py).
+- ``fresh_mosquitto``: a Mosquitto of the test's own (for restart/crash tests), relaxed too.
+- ``secure_mosquitto``: a Mosquitto of the test's own running the repo's mosquitto.conf and
+  mosquitto.acl as shipped (no anonymous access, per-device ACL); ``.credentials`` holds
+  the users of its generated password file: ``ota-bridge``, ``ota-monitor`` and the
+  devices in ``SECURE_TEST_DEVICES``. ``.url_for(user)`` gives a URL with credentials.
+- ``dev_ca``: a folder made by scripts/make_dev_ca.py (CA, server and device certificates
+  for ``SECURE_TEST_DEVICES``); ``tls_mosquitto``: ``secure_mosquitto`` with the shipped
+  TLS listener turned on (``.tls_port``) using those certificates.
 - ``amqtt_broker``: URL of the project's embedded amqtt broker, one per test.
 - ``broker_url``: parametrized over both brokers, for tests that must pass on each.
 - ``ota_dirs``: keys/packages/data folders with a release key, and ``.settings()``.
@@ -13,6 +21,8 @@ fails; an atexit hook in tests/support/mosquitto.py catches an interrupted sessi
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +35,19 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from ota_core.mqtt_users import BRIDGE_USER, MONITOR_USER  # noqa: E402
 from tests.support import (  # noqa: E402
+    REPO_ROOT,
     MosquittoServer,
     OtaDirs,
     ReleaseKeyPems,
     start_amqtt_broker,
     start_mosquitto,
+    start_secure_mosquitto,
 )
+
+#: Device users (username = device id) in ``secure_mosquitto``'s password file.
+SECURE_TEST_DEVICES = ("dev-sec-a", "dev-sec-b", "dev-sec-c")
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +73,47 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoSer
 def fresh_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
     """A Mosquitto owned by this test: stop/restart/kill it freely."""
     server = start_mosquitto(tmp_path / "mosquitto")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _secure_users() -> dict[str, str]:
+    return {
+        name: secrets.token_urlsafe(18)
+        for name in (BRIDGE_USER, MONITOR_USER, *SECURE_TEST_DEVICES)
+    }
+
+
+@pytest.fixture
+def secure_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
+    """The shipped broker configuration, authentication and ACL in force (see above)."""
+    server = start_secure_mosquitto(tmp_path / "secure-mosquitto", _secure_users())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dev_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scripts/make_dev_ca.py's output: ca.crt, server.crt/.key, devices/<id>.crt/.key."""
+    folder = tmp_path_factory.mktemp("dev-ca") / "certs"
+    devices = [arg for device in SECURE_TEST_DEVICES for arg in ("--device", device)]
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "make_dev_ca.py"), str(folder), *devices],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return folder
+
+
+@pytest.fixture
+def tls_mosquitto(tmp_path: Path, dev_ca: Path) -> Iterator[MosquittoServer]:
+    """``secure_mosquitto`` plus the shipped TLS listener (client certificates required)."""
+    server = start_secure_mosquitto(tmp_path / "tls-mosquitto", _secure_users(), tls_dir=dev_ca)
     try:
         yield server
     finally:

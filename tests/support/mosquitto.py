@@ -3,8 +3,22 @@
 The test broker runs the production configuration with only what a test must change
 rewritten: every listener moves to a free port on 127.0.0.1, and every file or folder
 the config names (persistence, password/ACL files, logs, pid file, TLS material) moves
-inside the test's work folder. Everything else (limits, persistence, anonymous or not)
-is exactly what ships, so the end-to-end tests exercise the shipped broker settings.
+inside the test's work folder. Everything else (limits, persistence, queues) is exactly
+what ships.
+
+Two switches, both explicit:
+
+* ``secure=False`` (the default, for the functional tests): a **test-only relaxation** of
+  authentication. ``allow_anonymous false`` becomes ``true`` and ``password_file``,
+  ``acl_file`` and ``use_username_as_clientid`` are dropped, so the several hundred
+  functional tests can connect anonymously with their own topic prefixes and client ids.
+  Nothing else changes. Production never runs like this.
+* ``secure=True``: the shipped authentication and ACL unchanged; the caller provides the
+  password file and the ACL under the basenames the config names (``start_secure_mosquitto``
+  does that: a generated password file and the repo's ``mosquitto.acl``).
+* ``tls=True``: the shipped (commented-out) TLS listener block is switched on, exactly as
+  an operator does it (see mosquitto.conf); the caller provides ca.crt, server.crt and
+  server.key.
 """
 
 from __future__ import annotations
@@ -24,7 +38,12 @@ from tests.support.ports import free_port, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_MOSQUITTO_CONF = REPO_ROOT / "mosquitto.conf"
+REPO_MOSQUITTO_ACL = REPO_ROOT / "mosquitto.acl"
 LOG_NAME = "mosquitto.log"
+TLS_BLOCK_BEGIN = "# BEGIN TLS LISTENER"
+TLS_BLOCK_END = "# END TLS LISTENER"
+#: Options the test-only relaxation (``secure=False``) removes; see the module docstring.
+RELAXED_DROPPED_OPTIONS = frozenset({"password_file", "acl_file", "use_username_as_clientid"})
 
 #: Options whose value is a file or folder; a test's copy points inside its work folder.
 FILE_OPTIONS = frozenset(
@@ -77,6 +96,38 @@ def add_mosquitto_user(password_file: Path, username: str, password: str) -> Non
 
 def _current_user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
+
+
+def enable_tls_block(source: str) -> str:
+    """Uncomment the TLS listener block the way mosquitto.conf tells an operator to: inside
+    the BEGIN/END markers, drop the '#' of lines where an option name follows it directly."""
+    if TLS_BLOCK_BEGIN not in source or TLS_BLOCK_END not in source:
+        raise ValueError("the config has no TLS listener block to enable")
+    out, inside = [], False
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped == TLS_BLOCK_BEGIN:
+            inside = True
+        elif stripped == TLS_BLOCK_END:
+            inside = False
+        elif inside and len(stripped) > 1 and stripped[0] == "#" and stripped[1].isalpha():
+            line = stripped[1:]
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def relax_for_functional_tests(source: str) -> str:
+    """The test-only relaxation behind ``secure=False``: anonymous access, no password file,
+    no ACL, client ids kept. Everything else stays as shipped."""
+    out = []
+    for line in source.splitlines():
+        key = line.strip().partition(" ")[0]
+        if key in RELAXED_DROPPED_OPTIONS:
+            continue
+        if key == "allow_anonymous":
+            line = "allow_anonymous true"
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def render_test_config(
@@ -150,12 +201,31 @@ class MosquittoServer:
         first = next(iter(self.ports.values()))
         self.port: int = self.ports.get(1883, first)
         self.log_path = workdir / LOG_NAME
+        #: username -> password of the users in its password file (secure brokers).
+        self.credentials: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_port(self) -> int:
+        """The test port of the shipped 8883 TLS listener (only with ``tls=True``)."""
+        if 8883 not in self.ports:
+            raise AttributeError("this broker was started without its TLS listener")
+        return self.ports[8883]
+
+    def url_for(self, username: str) -> str:
+        """``mqtt://user:password@host:port`` for a user of this (secure) broker."""
+        return f"mqtt://{username}:{self.credentials[username]}@{self.host}:{self.port}"
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its password file and ACL (as after provisioning)."""
+        if self._process is None or self._process.poll() is not None:
+            raise RuntimeError("mosquitto is not running")
+        self._process.send_signal(signal.SIGHUP)
 
     @property
     def running(self) -> bool:
@@ -248,13 +318,18 @@ def start_mosquitto(
     extra_options: Sequence[str] = (),
     files: Mapping[str, bytes | Path] | None = None,
     timeout: float = 20.0,
+    secure: bool = False,
+    tls: bool = False,
 ) -> MosquittoServer:
     """Start mosquitto from ``config`` (the repo's mosquitto.conf) rewritten for a test.
 
     ``workdir`` receives the generated ``mosquitto.conf``, the log, the persistence
     folder, and ``files`` (name -> bytes or a file to copy): put a password or ACL file
     there under the basename the config names. ``extra_options`` are appended lines.
-    A free port that another process grabs before mosquitto binds it is retried.
+    ``secure=False`` (default) applies the test-only relaxation (anonymous, no ACL);
+    ``secure=True`` keeps the shipped authentication; ``tls=True`` enables the shipped TLS
+    listener block. See the module docstring. A free port that another process grabs
+    before mosquitto binds it is retried.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "data").mkdir(exist_ok=True)
@@ -265,6 +340,10 @@ def start_mosquitto(
         else:
             target.write_bytes(content)
     source = config.read_text()
+    if tls:
+        source = enable_tls_block(source)
+    if not secure:
+        source = relax_for_functional_tests(source)
     for line in source.splitlines():
         key, _, value = line.strip().partition(" ")
         if key == "include_dir":
@@ -285,6 +364,50 @@ def start_mosquitto(
             raise
         return server
     raise AssertionError("unreachable")
+
+
+def start_secure_mosquitto(
+    workdir: Path,
+    users: Mapping[str, str],
+    *,
+    tls_dir: Path | None = None,
+    config: Path = REPO_MOSQUITTO_CONF,
+    acl: Path = REPO_MOSQUITTO_ACL,
+    timeout: float = 20.0,
+) -> MosquittoServer:
+    """Mosquitto from the repo's conf with authentication and the ACL as shipped.
+
+    ``users`` (username -> password) go into a password file generated by
+    ``ota_core.mqtt_users`` (the Python hasher, so every secure test also proves Mosquitto
+    accepts what ``ota mqtt-user`` writes). ``tls_dir``, when given, holds ca.crt,
+    server.crt and server.key (scripts/make_dev_ca.py) and turns the TLS listener on.
+    """
+    from ota_core.mqtt_users import add_user, role_of
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = config.read_text()
+    names: dict[str, str] = {}
+    for line in (enable_tls_block(source) if tls_dir else source).splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key in FILE_OPTIONS and value:
+            names[key] = Path(value.strip()).name
+    if "password_file" not in names or "acl_file" not in names:
+        raise ValueError(f"{config} names no password_file/acl_file: nothing to secure")
+    # Written in place (mode 0600, as `ota mqtt-user` leaves it); start_mosquitto only
+    # copies the ACL and TLS files in.
+    password_file = workdir / names["password_file"]
+    password_file.unlink(missing_ok=True)
+    for username, password in users.items():
+        add_user(password_file, username, password, role=role_of(username), hasher="python")
+    files: dict[str, bytes | Path] = {names["acl_file"]: acl}
+    if tls_dir is not None:
+        for option in ("cafile", "certfile", "keyfile"):
+            files[names[option]] = tls_dir / names[option]
+    server = start_mosquitto(
+        workdir, config=config, files=files, timeout=timeout, secure=True, tls=tls_dir is not None
+    )
+    server.credentials = dict(users)
+    return server
 
 
 @atexit.register

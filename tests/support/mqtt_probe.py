@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ class MqttProbe:
         password: str | None = None,
         clean_session: bool = True,
         timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.hostname is None:
@@ -47,6 +49,8 @@ class MqttProbe:
         )
         if username is not None:
             self.client.username_pw_set(username, password)
+        if tls is not None:  # e.g. a client certificate for the 8883 listener
+            self.client.tls_set_context(tls)
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         if protocol == MQTTProtocolVersion.MQTTv5:
@@ -100,6 +104,10 @@ class MqttProbe:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def publish_nowait(self, topic: str, payload: bytes | str, qos: int = 0) -> None:
+        """Hand a message to paho without waiting (e.g. one the broker will refuse)."""
+        self.client.publish(topic, payload, qos=qos)
+
     def __enter__(self) -> MqttProbe:
         return self
 
@@ -110,3 +118,58 @@ class MqttProbe:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def connack(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311,
+    client_id: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+) -> str:
+    """Connect once (no retries) and return how the broker answered: ``"Success"``, the
+    CONNACK's refusal (``"Not authorized"``...), or ``"no CONNACK"`` when the connection
+    closed (or the TLS handshake failed) without one. Disconnects afterwards."""
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        raise ValueError(f"not an MQTT URL: {url}")
+    answered = threading.Event()
+    outcome: list[str] = []
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        outcome.append(str(reason))
+        answered.set()
+
+    def on_disconnect(_c: mqtt.Client, _u: Any, *_rest: Any) -> None:
+        answered.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"connack-{uuid.uuid4().hex[:12]}",
+        protocol=protocol,
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls is not None:
+        client.tls_set_context(tls)
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect(parts.hostname, parts.port or 1883, keepalive=30)
+    except (OSError, ssl.SSLError) as e:
+        return f"no CONNACK ({type(e).__name__})"
+    # Driven by hand rather than loop_start(): no background thread, so no automatic
+    # reconnect after a refusal and nothing to wait for when it is over.
+    deadline = time.monotonic() + timeout
+    try:
+        while not answered.is_set() and time.monotonic() < deadline:
+            if client.loop(timeout=0.05) not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+                break
+    except (OSError, ssl.SSLError):
+        pass
+    finally:
+        client.disconnect()
+    return outcome[0] if outcome else "no CONNACK"
