@@ -25,7 +25,7 @@ from tests.security.harness import (
     fresh_request_id,
     secure_rig,
 )
-from tests.support import MosquittoServer, MqttProbe, OtaDirs, connack
+from tests.support import REPO_MOSQUITTO_CONF, MosquittoServer, MqttProbe, OtaDirs, connack
 
 A, B, C = SECURE_TEST_DEVICES
 NOT_AUTHORIZED = "Not authorized"
@@ -121,7 +121,7 @@ def test_device_cannot_report_for_another_device_nor_read_announcements(
 def test_oversized_payload_never_reaches_the_bridge(
     secure_mosquitto: MosquittoServer, ota_dirs: OtaDirs
 ) -> None:
-    limit = 16384  # mosquitto.conf max_packet_size (tests/test_infra.py checks the file)
+    limit = shipped_max_packet_size()
     with secure_rig(ota_dirs, secure_mosquitto) as rig:
         a, b = rig.device(A), rig.device(B)
         # Over the bridge's own 4 KiB limit but under the broker's: the bridge answers.
@@ -144,6 +144,13 @@ def test_oversized_payload_never_reaches_the_bridge(
         # The disconnect is no ban: A logs in again (a fresh session) and is answered.
         a.close()
         rig.device(A).expect_update(fresh_request_id("a-back"))
+
+
+def shipped_max_packet_size() -> int:
+    for line in REPO_MOSQUITTO_CONF.read_text().splitlines():
+        if line.startswith("max_packet_size "):
+            return int(line.split()[1])
+    raise AssertionError("mosquitto.conf sets no max_packet_size")
 
 
 def _wait_for_log(broker: MosquittoServer, text: str) -> None:
@@ -223,7 +230,8 @@ def test_bridge_works_throughout_a_run_of_attacks(
             a.publish(a.offer_topic(C), b'{"status": "update-available"}')
             assert connack(url, username=B, password="not-" + creds[B]) == NOT_AUTHORIZED
             assert connack(url) == NOT_AUTHORIZED
-            a.probe.publish_nowait(a.announce_topic(), b"x" * 20000)  # gets A disconnected
+            # Over max_packet_size: gets A disconnected.
+            a.probe.publish_nowait(a.announce_topic(), b"x" * (shipped_max_packet_size() + 1))
             for device in (c, b):
                 offer = device.expect_update(fresh_request_id(f"{device.device_id}-{round_}"))
                 assert isinstance(offer, UpdateOffer)
