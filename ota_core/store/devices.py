@@ -332,13 +332,17 @@ class _Batch:
         conn = self._conn
         if self._history:
             conn.execute(insert(device_events), self._history)
-        new_installs = [i.row for i in self._installs.values() if i.is_new]
+        # Rows in key order: two writers inserting the same keys then wait for each
+        # other in one order, never in a cycle (PostgreSQL would abort one as a deadlock).
+        new_installs = [
+            install.row for _, install in sorted(self._installs.items()) if install.is_new
+        ]
         if new_installs:
             conn.execute(insert(device_installs), new_installs)
         self._update_installs()
         new_devices = [
             {"device_id": device_id, **d.values}
-            for device_id, d in self._devices.items()
+            for device_id, d in sorted(self._devices.items())
             if d.is_new
         ]
         if new_devices:
@@ -347,7 +351,7 @@ class _Batch:
 
     def _update_installs(self) -> None:
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for (device_id, build_id), install in self._installs.items():
+        for (device_id, build_id), install in sorted(self._installs.items()):
             if install.is_new or not install.changes:
                 continue
             params = {f"set_{k}": v for k, v in install.changes.items()}
@@ -375,7 +379,7 @@ class _Batch:
 
     def _update_devices(self) -> None:
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for device_id, device in self._devices.items():
+        for device_id, device in sorted(self._devices.items()):
             if device.is_new or not device.changed:
                 continue
             names = tuple(sorted(device.changed))
@@ -395,6 +399,18 @@ class _Stale(SQLAlchemyError):
     """Rows changed between the batch's read and its write: write the batch again."""
 
 
+#: SQLSTATEs of a transaction that lost to a concurrent one: deadlock, serialization.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _lost_a_race(error: BaseException | None) -> bool:
+    """A concurrent writer got there first: the same batch, read again, will go through."""
+    if isinstance(error, (IntegrityError, _Stale)):
+        return True
+    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return sqlstate in _RETRYABLE_SQLSTATES
+
+
 class DeviceRegistry:
     def __init__(self, database: Database) -> None:
         self._engine = database.engine
@@ -407,7 +423,7 @@ class DeviceRegistry:
         the batch is written then, and it can be applied again as a whole.
         """
         if events:
-            self._write(events)
+            self._write_retrying(events)
 
     def claim_offers(self, pushes: Sequence[OfferPushed]) -> list[OfferPushed]:
         """Record pushed offers, each only if (device, build) has no install row yet.
@@ -419,14 +435,17 @@ class DeviceRegistry:
         """
         if not pushes:
             return []
-        attempts = 3
+        return self._write_retrying(pushes)
+
+    def _write_retrying(self, events: Sequence[RegistryEvent]) -> list[OfferPushed]:
+        attempts = 5
         for attempt in range(1, attempts + 1):
             try:
-                return self._write(pushes)
+                return self._write(events)
             except ServiceUnavailable as e:
                 # Another writer inserted one of our rows first (possible on
                 # databases without a whole-database write lock): read again.
-                if attempt == attempts or not isinstance(e.__cause__, (IntegrityError, _Stale)):
+                if attempt == attempts or not _lost_a_race(e.__cause__):
                     raise
         raise AssertionError("unreachable")
 
