@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from admin import api, page
+from admin import api, fleet_pages, page
 from admin.auth import refuse_cross_site, require_admin
 from admin.uploads import upload_body_limit
 
@@ -17,6 +17,7 @@ def admin_router(max_upload_bytes: int) -> APIRouter:
     )
     limit = upload_body_limit(max_upload_bytes)
     router.include_router(page.router)
+    router.include_router(fleet_pages.router)
     router.include_router(page.upload_router, max_body_size=limit)
     router.include_router(api.router, prefix="/api")
     router.include_router(api.upload_router, prefix="/api", max_body_size=limit)

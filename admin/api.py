@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from admin.schemas import DeviceOut, ImportResult, ReleaseFields, ReleaseOut
+from admin.fleet import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    DeviceFilter,
+    device_record,
+    explain_device,
+    find_devices,
+)
+from admin.rollouts import (
+    RolloutOut,
+    RolloutStoreDep,
+    RolloutSummaryOut,
+    RolloutView,
+    perform,
+)
+from admin.schemas import (
+    DeviceDetailOut,
+    DeviceOut,
+    ExplanationOut,
+    ImportResult,
+    ReleaseFields,
+    ReleaseOut,
+    RolloutActionBody,
+    RolloutCreate,
+)
 from admin.uploads import UPLOAD_FORM_SCHEMA, publish_upload, read_upload_fields
 from http_files.deps import CatalogDep, ServicesDep
 from http_files.schemas import ErrorBody
-from ota_core.errors import NotFound
-from ota_core.identifiers import check_device_id
 from ota_core.releases import export_metadata
 
 #: A metadata.json import is small text; a few MiB is thousands of releases.
@@ -24,13 +47,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody},
 }
 
+
+class RolloutAction(StrEnum):
+    ADVANCE = "advance"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+
+
 router = APIRouter(tags=["admin API"], responses=_ERRORS)
 upload_router = APIRouter(tags=["admin API"], responses=_ERRORS)
 
 
 @router.get("/releases", summary="All releases, newest version first")
 def list_releases(services: ServicesDep, catalog: CatalogDep) -> list[ReleaseOut]:
-    return [ReleaseOut.of(r, services.offers) for r in catalog]
+    book = catalog.rollouts.by_build
+    return [ReleaseOut.of(r, services.offers, book.get(r.build_id)) for r in catalog]
 
 
 @upload_router.post(
@@ -39,7 +71,10 @@ def list_releases(services: ServicesDep, catalog: CatalogDep) -> list[ReleaseOut
     description="Multipart form: `file`, `build_id`, `version`, optional `filename`, "
     "`hardware`, `channel`, `notes`, `sha256` (declared checksum: a mismatch is a 400 and "
     "nothing is stored). 413 above the upload limit, 409 when the build id or file name "
-    "is taken.",
+    "is taken. With `stages` (e.g. `10,50,100`; optional `failure_threshold_percent`, "
+    "`failure_min_count`, `auto_advance_seconds`, `rollout_channel`, `rollout_hardware`, "
+    "`device_ids`) the release starts under a staged rollout instead of going to every "
+    "eligible device at once.",
     status_code=201,
     response_model=ReleaseOut,
     responses={409: {"model": ErrorBody}, 413: {"model": ErrorBody}},
@@ -47,8 +82,8 @@ def list_releases(services: ServicesDep, catalog: CatalogDep) -> list[ReleaseOut
 )
 async def upload_release(request: Request, services: ServicesDep) -> JSONResponse:
     fields, upload = await read_upload_fields(request)
-    release = await publish_upload(services, fields, upload)
-    body = ReleaseOut.of(release, services.offers).model_dump(mode="json")
+    release, rollout = await publish_upload(services, fields, upload)
+    body = ReleaseOut.of(release, services.offers, rollout).model_dump(mode="json")
     return JSONResponse(body, status_code=201)
 
 
@@ -79,17 +114,127 @@ def delete_release(
     return ReleaseOut.of(release, services.offers)
 
 
-@router.get("/devices", summary="Every device seen, with its last build and status")
-def list_devices(services: ServicesDep) -> list[DeviceOut]:
-    return [DeviceOut.model_validate(d) for d in services.registry.all()]
+@router.get(
+    "/devices",
+    summary="Devices, filtered and paged",
+    description="Every filter is optional and exact: `version`, `status` (last status "
+    "report: downloading, verifying, installing, installed, failed, or `none` for never), "
+    "`channel`, `hardware`, `seen_after`/`seen_before` (ISO 8601; no zone means UTC). "
+    f"Sorted by device id; `limit` (default {DEFAULT_LIMIT}, at most {MAX_LIMIT}) and "
+    "`offset` page through them. The `X-Total-Count` header says how many match.",
+)
+def list_devices(
+    response: Response,
+    services: ServicesDep,
+    version: str | None = None,
+    status: str | None = None,
+    channel: str | None = None,
+    hardware: str | None = None,
+    seen_after: str | None = None,
+    seen_before: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> list[DeviceOut]:
+    wanted = DeviceFilter.parse(
+        version=version,
+        status=status,
+        channel=channel,
+        hardware=hardware,
+        seen_after=seen_after,
+        seen_before=seen_before,
+        limit=limit,
+        offset=offset,
+    )
+    page = find_devices(services.database, wanted)
+    response.headers["X-Total-Count"] = str(page.total)
+    return [DeviceOut.model_validate(d) for d in page.devices]
 
 
-@router.get("/devices/{device_id}", summary="One device", responses={404: {"model": ErrorBody}})
-def get_device(device_id: str, services: ServicesDep) -> DeviceOut:
-    record = services.registry.get(check_device_id(device_id))
-    if record is None:
-        raise NotFound(f"no device {device_id!r} has been seen")
-    return DeviceOut.model_validate(record)
+@router.get(
+    "/devices/{device_id}",
+    summary="One device, with every build offered to it and its newest events",
+    responses={404: {"model": ErrorBody}},
+)
+def get_device(device_id: str, services: ServicesDep) -> DeviceDetailOut:
+    record = device_record(services.registry, device_id)
+    return DeviceDetailOut.of(
+        record,
+        services.registry.installs(record.device_id),
+        services.registry.history(record.device_id),
+    )
+
+
+@router.get(
+    "/devices/{device_id}/explain",
+    summary="Which release this device would be offered now, and why",
+    description="For each release newer than the device's current version: hardware, "
+    "channel, and for a staged rollout its state, audience and the device's cohort bucket "
+    "against the reached stage's threshold. Uses the device's last announcement.",
+    responses={404: {"model": ErrorBody}},
+)
+def explain_device_offer(
+    device_id: str, services: ServicesDep, catalog: CatalogDep
+) -> ExplanationOut:
+    record = device_record(services.registry, device_id)
+    return ExplanationOut.of(record.device_id, explain_device(catalog, record))
+
+
+@router.post(
+    "/rollouts",
+    summary="Start a staged rollout of a release",
+    description="Stages are increasing percentages (e.g. `[1, 10, 50, 100]`); a device's "
+    "cohort is fixed by a hash of its id. The rollout pauses itself when, among devices "
+    "that finished in the current stage, more than `failure_threshold_percent` failed "
+    "(and at least `failure_min_count`). `auto_advance_seconds` advances after that wait; "
+    "without it, advance by hand. 409 if the release already has one in progress.",
+    status_code=201,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+def start_rollout(
+    body: RolloutCreate, store: RolloutStoreDep, services: ServicesDep
+) -> RolloutOut:
+    rollout = store.create(body.to_spec())
+    return RolloutView.load(store, services.catalog.refresh(), rollout.rollout_id).to_out()
+
+
+@router.get("/rollouts", summary="Every rollout, newest first")
+def list_rollouts(store: RolloutStoreDep, catalog: CatalogDep) -> list[RolloutSummaryOut]:
+    return [RolloutSummaryOut.of(r, catalog.by_build.get(r.build_id)) for r in store.all()]
+
+
+@router.get(
+    "/rollouts/{rollout_id}",
+    summary="One rollout: state, counts per stage, failure rate, progress and log",
+    responses={404: {"model": ErrorBody}},
+)
+def get_rollout(rollout_id: int, store: RolloutStoreDep, catalog: CatalogDep) -> RolloutOut:
+    return RolloutView.load(store, catalog, rollout_id).to_out()
+
+
+@router.post(
+    "/rollouts/{rollout_id}/{action}",
+    summary="Advance, pause, resume or abort a rollout",
+    description="`advance` moves to the next stage (on the last one: completes); `pause` "
+    "and `abort` take an optional `reason`; abort stops new offers without disturbing "
+    "devices mid-install. A transition the state does not allow is a 409, as is an "
+    "`expected_stage_index` the rollout has moved past.",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+def rollout_action(
+    rollout_id: int,
+    action: RolloutAction,
+    store: RolloutStoreDep,
+    catalog: CatalogDep,
+    body: Annotated[RolloutActionBody | None, Body()] = None,
+) -> RolloutOut:
+    perform(
+        store,
+        rollout_id,
+        action.value,
+        reason=body.reason if body else None,
+        expected_stage=body.expected_stage_index if body else None,
+    )
+    return RolloutView.load(store, catalog, rollout_id).to_out()
 
 
 @router.get(

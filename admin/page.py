@@ -10,15 +10,13 @@ above the forms, the status code of the error, and what it typed kept in the for
 from __future__ import annotations
 
 from datetime import UTC
-from pathlib import Path
 from typing import Annotated, Any
 
-import jinja2
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
+from admin.rendering import base_path, render
 from admin.schemas import ReleaseFields
 from admin.uploads import UPLOAD_FORM_SCHEMA, publish_upload, read_upload_fields
 from http_files.deps import ServicesDep
@@ -27,24 +25,6 @@ from ota_core.errors import OtaError
 from ota_core.identifiers import check_filename
 from ota_core.services import Services
 
-_TEMPLATES = Jinja2Templates(
-    env=jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-        autoescape=True,  # every value on the page is operator or device input
-        undefined=jinja2.StrictUndefined,
-    )
-)
-#: Page hardening: no scripts at all, forms may only post back here, no framing.
-_PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
 _MAX_LISTED_FILES = 500
 
 router = APIRouter(tags=["admin page"])
@@ -91,6 +71,7 @@ def _page_context(services: Services, catalog: Catalog) -> dict[str, Any]:
             "channel": r.channel or "any",
             "notes": r.notes or "",
             "created": r.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "rollout": catalog.rollouts.by_build.get(r.build_id),
         }
         for r in catalog
     ]
@@ -116,14 +97,13 @@ def render_page(
         error=None if error is None else {"code": error.code, "detail": error.detail},
         form=form or {},
         which=which,
-        base=request.scope.get("root_path", ""),
     )
-    return _TEMPLATES.TemplateResponse(
+    return render(
         request,
         "metadata.html",
         context,
         status_code=200 if error is None else error.http_status,
-        headers=_PAGE_HEADERS,
+        section="releases",
     )
 
 
@@ -131,9 +111,14 @@ def wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def back_to_page(request: Request) -> RedirectResponse:
+def back_to_page(request: Request, path: str = "/admin/metadata") -> RedirectResponse:
     # 303: the browser follows with a GET, so a reload never re-posts the form.
-    return RedirectResponse(f"{request.scope.get('root_path', '')}/admin/metadata", 303)
+    return RedirectResponse(f"{base_path(request)}{path}", 303)
+
+
+@router.get("/", include_in_schema=False)
+def admin_home(request: Request) -> RedirectResponse:
+    return back_to_page(request)
 
 
 @router.get(
@@ -213,7 +198,7 @@ def delete_from_form(
 async def upload_from_form(request: Request, services: ServicesDep) -> Response:
     fields, upload = await read_upload_fields(request)
     try:
-        await publish_upload(services, fields, upload)
+        _, rollout = await publish_upload(services, fields, upload)
     except OtaError as e:
         if wants_html(request):
             typed = {k: v for k, v in fields.items() if k != "sha256"}
@@ -221,4 +206,6 @@ async def upload_from_form(request: Request, services: ServicesDep) -> Response:
                 render_page, request, services, error=e, form=typed, which="upload"
             )
         raise
+    if rollout is not None:  # staged: the rollout page is where the admin watches it
+        return back_to_page(request, f"/admin/rollouts/{rollout.rollout_id}")
     return back_to_page(request)

@@ -25,15 +25,27 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from admin.schemas import ReleaseFields, parse_sha256
+from admin.rollouts import ROLLOUT_FORM_FIELDS, rollout_from_form
+from admin.schemas import ReleaseFields, RolloutCreate, parse_sha256
 from ota_core.errors import InvalidInput
 from ota_core.models import Release
 from ota_core.package_files import read_chunks
+from ota_core.rollouts import Rollout
 from ota_core.services import Services
+from ota_core.store.rollouts import RolloutStore
 
 #: Room for the multipart boundaries and the text fields next to the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
-_TEXT_FIELDS = ("build_id", "version", "filename", "hardware", "channel", "notes", "sha256")
+_TEXT_FIELDS = (
+    "build_id",
+    "version",
+    "filename",
+    "hardware",
+    "channel",
+    "notes",
+    "sha256",
+    *ROLLOUT_FORM_FIELDS,
+)
 
 #: What the upload form looks like, for the OpenAPI description (the route parses it itself).
 UPLOAD_FORM_SCHEMA = {
@@ -90,8 +102,9 @@ async def read_upload_fields(request: Request) -> tuple[dict[str, str], UploadFi
 
 async def publish_upload(
     services: Services, fields: dict[str, str], upload: UploadFile | None
-) -> Release:
-    """Validate the fields, then stream the file into the packages folder and publish it."""
+) -> tuple[Release, Rollout | None]:
+    """Validate the fields, then stream the file into the packages folder and publish it,
+    under a staged rollout when the form asks for one."""
     if upload is None:
         raise InvalidInput("a package file is required in the 'file' field")
     try:
@@ -106,7 +119,9 @@ async def publish_upload(
             }
         )
         expected = parse_sha256(fields.get("sha256"))
-        return await run_in_threadpool(
+        # Checked before a byte is stored: a typo in the stages must not publish to everyone.
+        staged = rollout_from_form(release_fields.build_id, fields)
+        release = await run_in_threadpool(
             services.releases.add_upload,
             release_fields.to_request(),
             read_chunks(upload.file),
@@ -115,3 +130,19 @@ async def publish_upload(
         )
     finally:
         await upload.close()
+    if staged is None:
+        return release, None
+    return release, await run_in_threadpool(start_or_withdraw, services, release, staged)
+
+
+def start_or_withdraw(services: Services, release: Release, staged: RolloutCreate) -> Rollout:
+    """Start the rollout of a just-published release; if that fails, withdraw the release.
+
+    A release published without its rollout would go to every eligible device, which is
+    exactly what the admin asked not to happen.
+    """
+    try:
+        return RolloutStore(services.database).create(staged.to_spec())
+    except BaseException:
+        services.releases.delete(release.build_id, delete_file=True)
+        raise

@@ -22,6 +22,21 @@ ADMIN_ROUTES = [
     ("GET", "/admin/api/devices/dev-1"),
     ("GET", "/admin/api/metadata/export"),
     ("POST", "/admin/api/metadata/import"),
+    ("GET", "/admin/api/devices/dev-1/explain"),
+    ("GET", "/admin/api/rollouts"),
+    ("POST", "/admin/api/rollouts"),
+    ("GET", "/admin/api/rollouts/1"),
+    ("POST", "/admin/api/rollouts/1/advance"),
+    ("POST", "/admin/api/rollouts/1/pause"),
+    ("POST", "/admin/api/rollouts/1/resume"),
+    ("POST", "/admin/api/rollouts/1/abort"),
+    ("GET", "/admin/"),
+    ("GET", "/admin/devices"),
+    ("GET", "/admin/devices/dev-1"),
+    ("GET", "/admin/rollouts"),
+    ("GET", "/admin/rollouts/1"),
+    ("POST", "/admin/rollouts"),
+    ("POST", "/admin/rollouts/1/abort"),
 ]
 
 
