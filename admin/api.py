@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from admin.fleet import (
-    DEFAULT_LIMIT,
+    API_DEFAULT_LIMIT,
     MAX_LIMIT,
     DeviceFilter,
     device_record,
@@ -120,7 +120,7 @@ def delete_release(
     description="Every filter is optional and exact: `version`, `status` (last status "
     "report: downloading, verifying, installing, installed, failed, or `none` for never), "
     "`channel`, `hardware`, `seen_after`/`seen_before` (ISO 8601; no zone means UTC). "
-    f"Sorted by device id; `limit` (default {DEFAULT_LIMIT}, at most {MAX_LIMIT}) and "
+    f"Sorted by device id; `limit` (default {API_DEFAULT_LIMIT}, at most {MAX_LIMIT}) and "
     "`offset` page through them. The `X-Total-Count` header says how many match.",
 )
 def list_devices(
@@ -144,6 +144,7 @@ def list_devices(
         seen_before=seen_before,
         limit=limit,
         offset=offset,
+        default_limit=API_DEFAULT_LIMIT,
     )
     page = find_devices(services.database, wanted)
     response.headers["X-Total-Count"] = str(page.total)

@@ -28,7 +28,8 @@ from ota_core.store.devices import DeviceRecord, DeviceRegistry
 from ota_core.store.schema import devices
 from ota_core.versions import parse_version
 
-DEFAULT_LIMIT = 100
+DEFAULT_LIMIT = 100  # a page of the device list
+API_DEFAULT_LIMIT = 1_000  # the JSON API: scripts that listed every device keep working longer
 MAX_LIMIT = 10_000
 #: ``status=none``: devices that never sent a status report.
 NO_STATUS = "none"
@@ -78,6 +79,7 @@ class DeviceFilter:
         seen_before: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
+        default_limit: int = DEFAULT_LIMIT,
     ) -> DeviceFilter:
         status = _text(status)
         if status is not None and status not in STATUS_CHOICES:
@@ -85,7 +87,7 @@ class DeviceFilter:
         version = _text(version)
         if version is not None:
             parse_version(version)  # a typo is a 400, not an empty list
-        limit = DEFAULT_LIMIT if limit is None else limit
+        limit = default_limit if limit is None else limit
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
         offset = offset or 0
