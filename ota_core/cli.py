@@ -464,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     if device_command is not None:
         device_command.add_arguments(device)
     device.set_defaults(func=cmd_device)
+    fleet = sub.add_parser("fleet", help="simulate many devices in one process (tests, benchmarks)")
+    from ota_core.device import fleet_command
+    fleet_command.add_arguments(fleet)
+    fleet.set_defaults(func=fleet_command.run)
 
     from ota_core import mqtt_users
 
