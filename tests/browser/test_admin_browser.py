@@ -213,6 +213,7 @@ def test_staged_rollout_with_automatic_pause_in_a_real_browser(
     # Screenshots of the main pages while the rollout is paused (the most telling moment).
     camera.shoot("rollout", rollout_path)
     camera.shoot("releases", "/admin/metadata")
+    camera.shoot("rollouts", "/admin/rollouts")
     camera.shoot("devices", "/admin/devices")
     camera.shoot("device", f"/admin/devices/{second[1]}")
 
