@@ -22,8 +22,10 @@ expiry): a forged "up to date" would freeze a device on old firmware.
 What the device has installed is kept in ``<install_dir>/state.json``
 (:mod:`ota_core.device.state`); its release counter is the anti-rollback floor.
 
-Networking: by default each client runs paho's own network thread (``loop_start``).
-A fleet simulator passes ``loop=`` (a shared :class:`~ota_core.device.netloop.MqttLoop`:
+Networking: by default each client runs paho's own network thread (``loop_start``):
+right for one device, wrong for hundreds (a thread each, and paho's ``select()``
+cannot watch file descriptors past 1023, so a process tops out near 340 such
+clients). A fleet simulator passes ``loop=`` (a shared :class:`~ota_core.device.netloop.MqttLoop`:
 many clients, one thread) or ``connection=`` (one MQTT connection for many device ids),
 and shares one :class:`~ota_core.device.download.HttpPool`, one parsed release key and
 one :class:`~ota_core.device.trust.OfferKeyring` between devices.

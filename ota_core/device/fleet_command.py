@@ -117,7 +117,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="BENCHMARKS ONLY: one MQTT connection for every device id; needs a broker "
         "WITHOUT per-device ACLs",
     )
-    how.add_argument("--loop-threads", type=int, default=1, help="MQTT network threads")
+    how.add_argument(
+        "--loop-threads",
+        type=int,
+        default=1,
+        help="MQTT network threads shared by all devices (0: one paho thread per device, "
+        "for comparison)",
+    )
     how.add_argument("--workers", type=int, default=8, help="verify/download/install threads")
     how.add_argument(
         "--http-connections", type=int, default=8, help="concurrent connections per HTTP host"

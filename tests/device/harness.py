@@ -263,6 +263,8 @@ class OfferResponder:
 class Route:
     body: bytes
     content_length: bool = True
+    status: int = 200
+    location: str | None = None  # for redirects
 
 
 @dataclass
@@ -285,7 +287,9 @@ class PackageServer:
                 if route is None:
                     self.send_error(404)
                     return
-                self.send_response(200)
+                self.send_response(route.status)
+                if route.location is not None:
+                    self.send_header("Location", route.location)
                 self.send_header("Content-Type", "application/octet-stream")
                 if route.content_length:
                     self.send_header("Content-Length", str(len(route.body)))
@@ -315,6 +319,10 @@ class PackageServer:
     def add(self, path: str, body: bytes, content_length: bool = True) -> str:
         """Serve ``body`` at ``path``; returns the absolute URL."""
         self.routes[path] = Route(body, content_length)
+        return self.url + path
+
+    def redirect(self, path: str, location: str, status: int = 302) -> str:
+        self.routes[path] = Route(b"", status=status, location=location)
         return self.url + path
 
     def close(self) -> None:
