@@ -108,6 +108,10 @@ class SimDevice:
     version: str
     hardware: str | None = None
     channel: str | None = None
+    # Per-device MQTT credentials (a broker with per-device users and ACLs, as shipped);
+    # None: the template's.
+    mqtt_username: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
 
 
 def make_devices(
@@ -119,18 +123,26 @@ def make_devices(
     hardware: str | None = None,
     channel: str | None = None,
     start: int = 0,
+    password_for: Callable[[str], str] | None = None,
 ) -> list[SimDevice]:
-    """``count`` devices ``{prefix}-00000``… all running the same build."""
-    return [
-        SimDevice(
-            device_id=f"{prefix}-{i:05d}",
-            build_id=build_id,
-            version=version,
-            hardware=hardware,
-            channel=channel,
+    """``count`` devices ``{prefix}-00000``… all running the same build. With
+    ``password_for``, each logs in as its device id with ``password_for(device_id)``
+    (the shipped broker's scheme: the username is the device id)."""
+    devices = []
+    for i in range(start, start + count):
+        device_id = f"{prefix}-{i:05d}"
+        devices.append(
+            SimDevice(
+                device_id=device_id,
+                build_id=build_id,
+                version=version,
+                hardware=hardware,
+                channel=channel,
+                mqtt_username=device_id if password_for is not None else None,
+                mqtt_password=password_for(device_id) if password_for is not None else None,
+            )
         )
-        for i in range(start, start + count)
-    ]
+    return devices
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +201,8 @@ class FleetConfig:
             hardware=device.hardware,
             channel=device.channel,
             client_id=None,
+            mqtt_username=device.mqtt_username or template.mqtt_username,
+            mqtt_password=device.mqtt_password or template.mqtt_password,
             install_dir=install_dir,
             store_packages=install_dir is not None,
             persist_state=install_dir is not None,

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="JSON lines, one device each: {device_id, build_id, version, hardware?, "
-        "channel?}; replaces --count and friends",
+        "channel?, mqtt_password?, mqtt_username? (default: the device id when a password "
+        "is given)}; replaces --count and friends",
     )
     where = parser.add_argument_group("servers and keys")
     where.add_argument(
@@ -156,6 +157,7 @@ def _devices(args: argparse.Namespace) -> list[SimDevice]:
             continue
         try:
             data = json.loads(line)
+            password = data.get("mqtt_password")
             devices.append(
                 SimDevice(
                     device_id=data["device_id"],
@@ -163,6 +165,9 @@ def _devices(args: argparse.Namespace) -> list[SimDevice]:
                     version=data["version"],
                     hardware=data.get("hardware"),
                     channel=data.get("channel"),
+                    mqtt_username=data.get("mqtt_username")
+                    or (data["device_id"] if password is not None else None),
+                    mqtt_password=password,
                 )
             )
         except (ValueError, KeyError, TypeError) as e:

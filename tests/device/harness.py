@@ -165,6 +165,8 @@ class OfferResponder:
         builder: OfferBuilder | None = None,
         prefix: str = "ota/v1",
         timeout: float = 10,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         parts = urlsplit(url)
         assert parts.hostname is not None
@@ -185,6 +187,8 @@ class OfferResponder:
         )
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect(parts.hostname, parts.port or 1883, keepalive=30)
         self.client.loop_start()
         for kind in (TopicKind.ANNOUNCE, TopicKind.STATUS):

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from ota_core.device import OutcomeKind
+from ota_core.device import DeviceConfig, OutcomeKind
 from ota_core.device.fleet import Fleet, FleetConfig, SimDevice, make_devices
 from ota_core.device.fleet_command import add_arguments, run
 from ota_core.errors import InvalidInput
 from ota_core.models import Announcement
 from tests.device.harness import TOPIC_PREFIX, OfferResponder, PackageServer, World
+from tests.support.mosquitto import start_secure_mosquitto
 
 FULL_RUN = ["downloading", "verifying", "installing", "installed"]
 INJECTED_RUN = ["downloading", "verifying", "installing", "failed"]
@@ -239,3 +240,55 @@ def test_ota_fleet_command(
     assert len(lines) == 20
     failed = {line["device_id"] for line in lines if line["final"] == "install-failed"}
     assert failed == {f"{prefix}-00003", f"{prefix}-00007"}
+
+
+# --- the shipped, locked-down broker ------------------------------------------------------------
+
+
+def test_fleet_with_per_device_credentials_on_the_locked_down_broker(
+    device_config: DeviceConfig, world: World, http_server: PackageServer, tmp_path: Path
+) -> None:
+    """Each simulated device logs in as itself on the broker as shipped (passwords, ACL);
+    the one-connection mode, as documented, gets nothing there."""
+    devices = make_devices(
+        12,
+        build_id="build-1001",
+        version="1.1.0",
+        prefix=f"sec-{uuid.uuid4().hex[:6]}",
+        password_for=lambda device_id: f"password-of-{device_id}",
+    )
+    users = {d.device_id: f"password-of-{d.device_id}" for d in devices}
+    users["ota-bridge"] = "bridge-password-123456"
+    broker = start_secure_mosquitto(tmp_path / "secure", users)
+    responder = OfferResponder(
+        broker.url,
+        world.catalog,
+        world.builder,
+        username="ota-bridge",
+        password="bridge-password-123456",
+    )
+    try:
+        # The ACL is written for the shipped prefix, ota/v1.
+        template = replace(device_config, broker_url=broker.url, topic_prefix="ota/v1")
+        with Fleet(FleetConfig(devices=tuple(devices), template=template)) as fleet:
+            assert fleet.wait(60), fleet.summary()
+            assert fleet.summary() == {"installed": 12}
+        for device in devices:
+            assert responder.wait_statuses(device.device_id) == FULL_RUN
+
+        # One connection for every id, logged in as one device: the ACL lets it announce
+        # for that device only, and it never reads the others' offers.
+        first = devices[0]
+        shared = FleetConfig(
+            devices=tuple(make_devices(3, build_id="build-1001", version="1.1.0",
+                                       prefix=f"shr-{uuid.uuid4().hex[:6]}")),
+            template=replace(template, timeout=2, mqtt_username=first.device_id,
+                             mqtt_password=first.mqtt_password),
+            connection="shared",
+        )  # fmt: skip
+        with Fleet(shared) as fleet:
+            assert fleet.wait(30)
+            assert fleet.summary() == {"timeout": 3}
+    finally:
+        responder.close()
+        broker.stop()
