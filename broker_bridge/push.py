@@ -129,6 +129,7 @@ class Pusher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._done = threading.Condition()
+        self._failing = False
         self.stats = PushStats()
         #: The newest catalog revision a pass went through completely (-1: none yet).
         self.completed_revision = -1
@@ -170,17 +171,22 @@ class Pusher:
                 finished = self._pass(catalog)
             except Exception as e:  # the database went away, or a bug: retry later
                 self.stats.failures += 1
-                level = logging.WARNING if isinstance(e, OtaError) else logging.ERROR
-                log.log(
-                    level,
-                    "push pass failed revision=%d; retrying in %.0fs error=%s",
-                    catalog.revision, RETRY_SECONDS, _one_line(e),
-                    exc_info=not isinstance(e, OtaError),
-                )
+                if isinstance(e, OtaError):  # the database: say so once, not every retry
+                    if not self._failing:
+                        log.warning(
+                            "push pass failed revision=%d; retrying every %.0fs error=%s",
+                            catalog.revision, RETRY_SECONDS, _one_line(e),
+                        )
+                    self._failing = True
+                else:
+                    log.exception("push pass failed unexpectedly revision=%d", catalog.revision)
                 if self._stopping.wait(RETRY_SECONDS):
                     return
                 self._wake.set()
                 continue
+            if self._failing:
+                log.info("push recovered revision=%d", catalog.revision)
+                self._failing = False
             if finished:
                 self.stats.passes += 1
                 with self._done:
