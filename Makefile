@@ -39,7 +39,7 @@ $(INSTALL_STAMP): pyproject.toml $(VENV)/pyvenv.cfg
 	@touch $@
 
 system-deps:
-	@scripts/system-deps.sh mosquitto
+	@scripts/system-deps.sh mosquitto postgresql chromium
 
 run: install
 	$(VENV_BIN)/ota run $(RUN_ARGS)

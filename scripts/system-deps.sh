@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages `make test` needs, only when they are missing.
 #
-# Usage: scripts/system-deps.sh [mosquitto] [venv]
-#   mosquitto  the Mosquitto broker (the end-to-end tests start their own on free ports)
+# Usage: scripts/system-deps.sh [mosquitto] [postgresql] [chromium] [venv]
+#   mosquitto   the Mosquitto broker (the end-to-end tests start their own on free ports)
+#   postgresql  PostgreSQL server binaries (the store tests initdb a throwaway cluster)
+#   chromium    Debian's Chromium, driven by Playwright in the admin browser tests
 #   venv       python3-venv, so `$PYTHON -m venv` works with Debian's /usr/bin/python3
 #
 # Runs `apt-get update` at most once, uses sudo when not root, and prints the exact
@@ -16,6 +18,14 @@ have_mosquitto() {
     command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto
 }
 
+have_postgresql() {
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+
+have_chromium() {
+    test -x /usr/bin/chromium
+}
+
 have_venv() {
     # Debian splits ensurepip out of python3; pyenv and python.org builds have it.
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1
@@ -24,6 +34,8 @@ have_venv() {
 for want in "$@"; do
     case "$want" in
         mosquitto) have_mosquitto || missing+=(mosquitto) ;;
+        postgresql) have_postgresql || missing+=(postgresql) ;;
+        chromium) have_chromium || missing+=(chromium) ;;
         venv)
             if ! have_venv; then
                 minor="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
@@ -68,6 +80,10 @@ for pkg in "${missing[@]}"; do
         "${as_root[@]}" service mosquitto stop >/dev/null 2>&1 || true
         "${as_root[@]}" systemctl stop mosquitto >/dev/null 2>&1 || true
         "${as_root[@]}" systemctl disable mosquitto >/dev/null 2>&1 || true
+    fi
+    if [ "$pkg" = postgresql ]; then
+        # The tests run their own throwaway clusters; Debian's default one is not needed.
+        "${as_root[@]}" service postgresql stop >/dev/null 2>&1 || true
     fi
 done
 
