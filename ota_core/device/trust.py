@@ -14,8 +14,12 @@ Two sources, chosen per device (see ``ota device --help``):
   whole list, so a key the server stopped publishing stops being trusted.
 
 Refreshes are bounded: one fetch at a time (devices sharing a keyring wait for it
-and use its result), and an unknown key id triggers at most one fetch per
-``retry_seconds``, so a flood of junk envelopes cannot turn into a flood of requests.
+and use its result), the same unknown key id triggers at most one fetch per
+``retry_seconds`` (60 s), and any unknown key id at most one per ``min_interval``
+(10 s) after the previous refresh, so a flood of junk envelopes with made-up key
+ids cannot turn into a flood of requests. (The price: a genuine rotation that lands
+within 10 s of such a junk-triggered refresh is refused once, and picked up at the
+device's next announcement.)
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class OfferKeyring:
         http: HttpPool | None = None,
         timeout: float = 10.0,
         retry_seconds: float = 60.0,
+        min_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if keys_url is not None and release_verifier is None:
@@ -128,7 +133,9 @@ class OfferKeyring:
         self._http = http
         self.timeout = timeout
         self.retry_seconds = retry_seconds
+        self.min_interval = min_interval
         self._clock = clock
+        self._last_refresh: float | None = None  # refreshes for unknown ids, not the first load
         self._fetch_lock = threading.Lock()
         self._loaded = keys_url is None
         self._tried: OrderedDict[str, float] = OrderedDict()
@@ -182,6 +189,9 @@ class OfferKeyring:
             last = self._tried.get(key_id)
             if last is not None and now - last < self.retry_seconds:
                 return False
+            if self._last_refresh is not None and now - self._last_refresh < self.min_interval:
+                return False
+            self._last_refresh = now
             self._tried[key_id] = now
             self._tried.move_to_end(key_id)
             while len(self._tried) > _REMEMBERED_UNKNOWN:

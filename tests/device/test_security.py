@@ -404,3 +404,19 @@ def test_keys_body_matches_the_real_endpoint(real_http: Any, ota_dirs: OtaDirs) 
     real = running.get("/keys").json()
     ours = json.loads(keys_body(ota_dirs.keys_dir, load_signer(ota_dirs.keys_dir)))
     assert real == ours
+
+
+def test_made_up_key_ids_do_not_turn_into_a_request_flood(
+    make_device: DeviceFactory, responder: OfferResponder, http_server: PackageServer
+) -> None:
+    """Each offer names a different unknown key: one refresh, then none for a while."""
+    responder.answer = lambda device_id, a: [
+        OfferBuilder(offer_signer=OfferSigner.generate())
+        .for_announcement(responder.catalog, device_id, a)
+        .to_bytes()
+    ]
+    device = make_device()
+    fetched = keys_requests(http_server)
+    for _ in range(4):
+        assert device.run_once().reason == "envelope-signature"
+    assert keys_requests(http_server) == fetched + 1
