@@ -44,6 +44,9 @@ def test_password_stays_out_of_repr() -> None:
         ({"protocol": "4"}, "protocol"),
         ({"timeout": 0}, "timeout"),
         ({"topic_prefix": "ota/#"}, "prefix"),
+        ({"http_base_url": "ftp://h/"}, "http url"),
+        ({"keys_url": "file:///keys.json"}, "keys url"),
+        ({"insecure_unsealed": True, "offer_keys_path": Path("k.json")}, "contradict"),
     ],
 )
 def test_bad_settings_are_refused_clearly(change: dict[str, Any], words: str) -> None:
@@ -81,3 +84,10 @@ def test_package_urls(base: str, offered: str, expected: str) -> None:
 def test_only_http_package_urls(offered: str) -> None:
     with pytest.raises(DownloadFailed, match="http or https"):
         package_url("http://h:8000", offered)
+
+
+def test_keys_url_defaults_to_the_http_base() -> None:
+    assert DeviceConfig(**BASE).resolved_keys_url == "http://127.0.0.1:8000/keys"
+    config = DeviceConfig(**BASE, http_base_url="https://ota.example/base/")
+    assert config.resolved_keys_url == "https://ota.example/base/keys"
+    assert DeviceConfig(**BASE, keys_url="http://k/keys").resolved_keys_url == "http://k/keys"
