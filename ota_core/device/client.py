@@ -50,7 +50,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -253,6 +253,15 @@ class DeviceConfig:
             )
         if self.insecure_unsealed and self.offer_keys_path is not None:
             raise InvalidInput("insecure_unsealed and offer_keys_path contradict each other")
+
+    @property
+    def broker_for_messages(self) -> str:
+        """The broker URL with any password in it masked, for logs and error messages."""
+        parts = urlsplit(self.broker_url)
+        if parts.password is None:
+            return self.broker_url
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
 
     @property
     def resolved_keys_url(self) -> str:
@@ -569,7 +578,7 @@ class DeviceClient:
             self._connection.start(wait)
         except OSError as e:
             raise BrokerUnavailable(
-                f"cannot reach the MQTT broker at {self.config.broker_url}: {e}"
+                f"cannot reach the MQTT broker at {self.config.broker_for_messages}: {e}"
             ) from e
         except RuntimeError as e:
             raise BrokerUnavailable(str(e)) from e
@@ -608,7 +617,7 @@ class DeviceClient:
                 )
             except (OSError, ValueError) as e:
                 raise BrokerUnavailable(
-                    f"cannot reach the MQTT broker at {cfg.broker_url}: {e}"
+                    f"cannot reach the MQTT broker at {cfg.broker_for_messages}: {e}"
                 ) from e
             self._started = True
             self._mqtt.loop_start()
@@ -628,7 +637,7 @@ class DeviceClient:
                 log.info("%s: %s; retrying", self.config.device_id, message)
                 return
             self._connect_error = message.replace(
-                "the MQTT broker", f"the MQTT broker at {self.config.broker_url}"
+                "the MQTT broker", f"the MQTT broker at {self.config.broker_for_messages}"
             )
             self._state.notify_all()
 
@@ -642,8 +651,8 @@ class DeviceClient:
             raise BrokerUnavailable(error)
         if not subscribed:
             raise BrokerUnavailable(
-                f"the MQTT broker at {self.config.broker_url} did not accept the connection "
-                f"and subscription within {wait:g}s"
+                f"the MQTT broker at {self.config.broker_for_messages} did not accept "
+                f"the connection and subscription within {wait:g}s"
             )
 
     def close(self, timeout: float | None = None) -> None:
@@ -717,7 +726,7 @@ class DeviceClient:
             with self._state:
                 self._protocol_refused = reason_code.value in _UNSUPPORTED_PROTOCOL
                 self._connect_error = (
-                    f"the MQTT broker at {self.config.broker_url} refused the connection: "
+                    f"the MQTT broker at {self.config.broker_for_messages} refused the connection: "
                     f"{reason_code}"
                 )
                 self._state.notify_all()
@@ -955,7 +964,7 @@ class DeviceClient:
             strays = self.forget(rid)
             raise OfferTimeout(
                 f"no offer for request {rid} within {wait:g}s on {self.offer_topic}; "
-                f"is the bridge running and connected to {self.config.broker_url}?",
+                f"is the bridge running and connected to {self.config.broker_for_messages}?",
                 strays,
             ) from e
 

@@ -605,3 +605,13 @@ def test_close_fails_pending_requests_instead_of_leaving_them_hanging(
     assert isinstance(future.exception(timeout=10), NotConnected)
     with pytest.raises(NotConnected):
         device.request_offer()
+
+
+def test_broker_password_never_appears_in_messages() -> None:
+    from ota_core.device.client import DeviceConfig
+
+    config = DeviceConfig(
+        device_id="d", build_id="b", version="1.0", broker_url="mqtt://d:s3cret-pw@127.0.0.1:1"
+    )
+    assert "s3cret-pw" not in config.broker_for_messages
+    assert config.broker_for_messages == "mqtt://d:***@127.0.0.1:1"
