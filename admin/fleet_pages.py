@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from admin.charts import progress_chart
 from admin.fleet import (
@@ -215,6 +215,7 @@ def render_rollout(
             "actions": allowed_actions(rollout),
             "live": live,
             "refresh_seconds": ROLLOUT_REFRESH_SECONDS,
+            "auto_refresh": refresh,
             "refresh": ROLLOUT_REFRESH_SECONDS if (live and refresh and error is None) else None,
             "log": list(reversed(view.log)),
             "next_auto_advance": (
@@ -293,8 +294,9 @@ def start_rollout_form(
 @router.post(
     "/rollouts/{rollout_id}/{action}",
     summary="Advance, pause, resume or abort a rollout (the rollout page's buttons)",
-    description="Form fields: optional `reason` (pause, abort) and `stage_index` (the stage "
-    "the admin was looking at; 409 if the rollout has moved on). 303 back to the page.",
+    description="Form fields: optional `reason` (pause, abort), `stage_index` (the stage "
+    "the admin was looking at; 409 if the rollout has moved on) and `refresh=off` (keep "
+    "the page's auto-refresh off). 303 back to the page.",
     status_code=303,
 )
 def rollout_action_form(
@@ -305,7 +307,9 @@ def rollout_action_form(
     catalog: CatalogDep,
     reason: OptionalFormText = None,
     stage_index: OptionalFormText = None,
+    refresh: OptionalFormText = None,
 ) -> Response:
+    auto_refresh = refresh != "off"
     try:
         expected: int | None = None
         if stage_index:
@@ -322,10 +326,10 @@ def rollout_action_form(
         )
     except OtaError as e:
         if wants_html(request):
-            return render_rollout(request, store, catalog, rollout_id, error=e)
+            return render_rollout(
+                request, store, catalog, rollout_id, error=e, refresh=auto_refresh
+            )
         raise
-    return _to_rollout(request, rollout_id)
-
-
-def _to_rollout(request: Request, rollout_id: int) -> RedirectResponse:
-    return back_to_page(request, f"/admin/rollouts/{rollout_id}")
+    # An admin who stopped the auto-refresh keeps it stopped after pressing a button.
+    suffix = "" if auto_refresh else "?refresh=off"
+    return back_to_page(request, f"/admin/rollouts/{rollout_id}{suffix}")

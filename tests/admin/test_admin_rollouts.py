@@ -311,6 +311,22 @@ def test_rollout_buttons_post_redirect_and_refuse_stale_clicks(released: Running
     assert 'http-equiv="refresh"' not in done and 'id="rollout-actions"' not in done
 
 
+def test_buttons_keep_the_auto_refresh_off(released: Running) -> None:
+    rid = start(released, build_id="b-200", stages=[10, 100])["rollout_id"]
+    quiet = released.admin_call("GET", f"/admin/rollouts/{rid}", params={"refresh": "off"})
+    assert 'name="refresh" value="off"' in quiet.text
+    moved = released.admin_call(
+        "POST",
+        f"/admin/rollouts/{rid}/pause",
+        headers=browser_headers(released),
+        allow_redirects=False,
+        data={"refresh": "off"},
+    )
+    assert moved.headers["Location"] == f"/admin/rollouts/{rid}?refresh=off"
+    loud = released.admin_call("GET", f"/admin/rollouts/{rid}")
+    assert 'name="refresh"' not in loud.text
+
+
 def test_rollout_buttons_refuse_cross_site_posts(released: Running) -> None:
     rid = start(released, build_id="b-200", stages=[10])["rollout_id"]
     forged = released.admin_call(

@@ -33,7 +33,7 @@ from broker_bridge.bridge import Bridge
 from ota_core.device import DeviceClient, DeviceConfig
 from ota_core.device.client import InstallFailed
 from ota_core.keyfiles import ensure_offer_key, load_signer
-from ota_core.models import ReleaseManifest, UpdateOffer
+from ota_core.models import ReleaseManifest, StatusReport, UpdateOffer
 from ota_core.rollouts import cohort_bucket
 from ota_core.services import Services
 from ota_core.settings import Settings
@@ -149,6 +149,7 @@ class SimDevices:
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="sim-device")
         self._errors: list[BaseException] = []
         self.clients: dict[str, DeviceClient] = {}
+        self.sent: dict[str, list[str]] = {}  # status reports per device, for diagnostics
         for device_id in device_ids:
             config = DeviceConfig(
                 device_id=device_id,
@@ -168,6 +169,7 @@ class SimDevices:
             self.clients[device_id] = DeviceClient(
                 config,
                 on_push=self._on_push(device_id),
+                on_status=self._on_status(device_id),
                 installer=self._installer(device_id),
             )
 
@@ -177,6 +179,14 @@ class SimDevices:
             self._pool.submit(self._install, device_id, offer)
 
         return pushed
+
+    def _on_status(self, device_id: str) -> Callable[[StatusReport], None]:
+        def sent(status: StatusReport) -> None:
+            self.sent.setdefault(device_id, []).append(
+                f"{status.state.value}:{status.build_id}:{status.detail or ''}"
+            )
+
+        return sent
 
     def _install(self, device_id: str, offer: UpdateOffer) -> None:
         try:
@@ -201,6 +211,13 @@ class SimDevices:
     def _connect(client: DeviceClient) -> None:
         client.connect()
         client.run_once()
+
+    def describe(self) -> str:
+        """What each device runs and reported, for a failure message."""
+        return "; ".join(
+            f"{device_id}: runs {client.build_id}, sent {self.sent.get(device_id, [])}"
+            for device_id, client in self.clients.items()
+        )
 
     def check(self) -> None:
         if self._errors:
