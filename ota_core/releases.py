@@ -24,6 +24,7 @@ from ota_core.models import Release
 from ota_core.package_files import PackageFolder
 from ota_core.signing import ReleaseSigner
 from ota_core.store.releases import ReleaseStore
+from ota_core.store.rollouts import RolloutSpec
 from ota_core.versions import parse_version
 
 
@@ -69,7 +70,12 @@ class ReleaseService:
         return catalog, counter
 
     def _sign_and_store(
-        self, request: ReleaseRequest, counter: int, sha256: str, size: int
+        self,
+        request: ReleaseRequest,
+        counter: int,
+        sha256: str,
+        size: int,
+        rollout: RolloutSpec | None = None,
     ) -> Release:
         release = sign_release(
             self.signer,
@@ -84,14 +90,17 @@ class ReleaseService:
             channel=request.channel or None,
             notes=request.notes or None,
         )
-        self.store.add(release)
+        self.store.add(release, rollout)
         return release
 
-    def add_existing(self, request: ReleaseRequest) -> Release:
-        """Publish a file that is already in the packages folder (the seed's way)."""
+    def add_existing(self, request: ReleaseRequest, rollout: RolloutSpec | None = None) -> Release:
+        """Publish a file that is already in the packages folder (the seed's way).
+
+        With ``rollout``, the release starts staged, atomically (see ReleaseStore.add).
+        """
         _, counter = self._prepare(request)
         info = self.packages.info(request.filename)
-        return self._sign_and_store(request, counter, info.sha256, info.size)
+        return self._sign_and_store(request, counter, info.sha256, info.size, rollout)
 
     def add_upload(
         self,
@@ -99,12 +108,13 @@ class ReleaseService:
         chunks: Iterable[bytes],
         max_bytes: int,
         expected_sha256: str | None = None,
+        rollout: RolloutSpec | None = None,
     ) -> Release:
-        """Store an uploaded package and publish it, or leave nothing behind."""
+        """Store an uploaded package and publish it (staged with ``rollout``), or leave nothing."""
         _, counter = self._prepare(request)
         info = self.packages.write_new(request.filename, chunks, max_bytes, expected_sha256)
         try:
-            return self._sign_and_store(request, counter, info.sha256, info.size)
+            return self._sign_and_store(request, counter, info.sha256, info.size, rollout)
         except BaseException:
             self.packages.remove(request.filename)
             raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,9 +13,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from ota_core.catalog import Catalog
 from ota_core.errors import Conflict, NotFound, ServiceUnavailable
 from ota_core.models import Release
+from ota_core.rollouts import Rollout
 from ota_core.store.database import Database
 from ota_core.store.revision import bump_revision
-from ota_core.store.rollouts import load_book
+from ota_core.store.rollouts import RolloutSpec, insert_rollout, load_book
 from ota_core.store.schema import catalog_state, releases
 
 _FIELDS = tuple(c.name for c in releases.columns)
@@ -61,12 +64,21 @@ class ReleaseStore:
             raise NotFound(f"no release with build_id {build_id!r}")
         return _to_release(row)
 
-    def add(self, release: Release) -> None:
-        """Insert ``release``; a clash on build id, filename or counter is a 409."""
+    def add(self, release: Release, rollout: RolloutSpec | None = None) -> Rollout | None:
+        """Insert ``release`` (and start ``rollout`` for it) in one transaction.
+
+        A clash on build id, filename or counter is a 409. With a rollout, the
+        release is never visible without it, so no device outside the first
+        stage is offered it in between.
+        """
         values = release.model_dump()
+        started: Rollout | None = None
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(releases).values(**{k: values[k] for k in _FIELDS}))
+                if rollout is not None:
+                    spec = replace(rollout, build_id=release.build_id)
+                    started = insert_rollout(conn, spec, time.time())
                 bump_revision(conn)
         except IntegrityError as e:
             raise Conflict(
@@ -74,6 +86,7 @@ class ReleaseStore:
             ) from e
         except SQLAlchemyError as e:
             raise ServiceUnavailable(f"database unavailable: {e}") from e
+        return started
 
     def delete(self, build_id: str) -> Release:
         try:

@@ -67,65 +67,8 @@ class RolloutStore:
         self._clock = clock
 
     def create(self, spec: RolloutSpec) -> Rollout:
-        now = self._clock()
-        validate_stages(spec.stages)
-        draft = Rollout(  # validates the rest before anything is written
-            0,
-            spec.build_id,
-            spec.stages,
-            channel=spec.channel,
-            hardware=spec.hardware,
-            device_ids=frozenset(spec.device_ids) if spec.device_ids is not None else None,
-            failure_threshold_percent=spec.failure_threshold_percent,
-            failure_min_count=spec.failure_min_count,
-            auto_advance_seconds=spec.auto_advance_seconds,
-            stage_started_at=now,
-        )
         with _translate_errors(), self._engine.begin() as conn:
-            if (
-                conn.execute(
-                    select(releases.c.build_id).where(releases.c.build_id == spec.build_id)
-                ).first()
-                is None
-            ):
-                raise NotFound(f"no release with build_id {spec.build_id!r}")
-            live = conn.execute(
-                select(rollouts.c.rollout_id).where(
-                    and_(
-                        rollouts.c.build_id == spec.build_id,
-                        rollouts.c.state.in_(
-                            [RolloutState.ACTIVE.value, RolloutState.PAUSED.value]
-                        ),
-                    )
-                )
-            ).first()
-            if live is not None:
-                raise Conflict(
-                    f"release {spec.build_id!r} already has rollout {live[0]} in progress; "
-                    "abort it first"
-                )
-            inserted = conn.execute(
-                insert(rollouts).values(
-                    build_id=spec.build_id,
-                    stages=json.dumps(list(spec.stages)),
-                    stage_index=0,
-                    state=RolloutState.ACTIVE.value,
-                    channel=spec.channel,
-                    hardware=spec.hardware,
-                    device_ids=json.dumps(sorted(spec.device_ids))
-                    if spec.device_ids is not None
-                    else None,
-                    failure_threshold_percent=spec.failure_threshold_percent,
-                    failure_min_count=spec.failure_min_count,
-                    auto_advance_seconds=spec.auto_advance_seconds,
-                    stage_started_at=now,
-                    reason=None,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            created = replace(draft, rollout_id=int(inserted.inserted_primary_key[0]))  # type: ignore[index]
-            _log(conn, created, now, "started")
+            created = insert_rollout(conn, spec, self._clock())
             bump_revision(conn)
         return created
 
@@ -252,6 +195,60 @@ class RolloutStore:
                 .order_by(rollout_log.c.id)
             ).all()
         return [dict(r._mapping) for r in rows]
+
+
+def insert_rollout(conn: Connection, spec: RolloutSpec, now: float) -> Rollout:
+    """Start a rollout inside the caller's transaction (which must bump the revision).
+
+    Used on its own, and together with a new release so that a staged release is
+    never visible to all devices for a moment between two transactions.
+    """
+    validate_stages(spec.stages)
+    draft = Rollout(  # validates the rest before anything is written
+        0,
+        spec.build_id,
+        spec.stages,
+        channel=spec.channel,
+        hardware=spec.hardware,
+        device_ids=frozenset(spec.device_ids) if spec.device_ids is not None else None,
+        failure_threshold_percent=spec.failure_threshold_percent,
+        failure_min_count=spec.failure_min_count,
+        auto_advance_seconds=spec.auto_advance_seconds,
+        stage_started_at=now,
+    )
+    known = select(releases.c.build_id).where(releases.c.build_id == spec.build_id)
+    if conn.execute(known).first() is None:
+        raise NotFound(f"no release with build_id {spec.build_id!r}")
+    live = conn.execute(
+        select(rollouts.c.rollout_id).where(
+            and_(rollouts.c.build_id == spec.build_id, rollouts.c.state.in_(IN_PROGRESS))
+        )
+    ).first()
+    if live is not None:
+        raise Conflict(
+            f"release {spec.build_id!r} already has rollout {live[0]} in progress; abort it first"
+        )
+    inserted = conn.execute(
+        insert(rollouts).values(
+            build_id=spec.build_id,
+            stages=json.dumps(list(spec.stages)),
+            stage_index=0,
+            state=RolloutState.ACTIVE.value,
+            channel=spec.channel,
+            hardware=spec.hardware,
+            device_ids=None if spec.device_ids is None else json.dumps(sorted(spec.device_ids)),
+            failure_threshold_percent=spec.failure_threshold_percent,
+            failure_min_count=spec.failure_min_count,
+            auto_advance_seconds=spec.auto_advance_seconds,
+            stage_started_at=now,
+            reason=None,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    created = replace(draft, rollout_id=int(inserted.inserted_primary_key[0]))  # type: ignore[index]
+    _log(conn, created, now, "started")
+    return created
 
 
 def _log(conn: Connection, rollout: Rollout, at: float, note: str | None) -> None:

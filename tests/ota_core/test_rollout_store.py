@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ota_core.errors import Conflict, NotFound
+from ota_core.errors import Conflict, InvalidInput, NotFound
 from ota_core.models import Announcement, StatusReport
 from ota_core.package_files import PackageFolder
 from ota_core.policy import DeviceFacts, decide
@@ -161,3 +161,34 @@ def test_concurrent_transition_loses_cleanly(world: tuple) -> None:  # type: ign
     with pytest.raises(Exception):  # noqa: B017 - SQLite serialises: either Conflict or lock
         rollouts.transition(rollout.rollout_id, sneaky)
     assert rollouts.get(rollout.rollout_id).state is RolloutState.PAUSED
+
+
+def test_release_published_with_its_rollout_is_never_unstaged(world: tuple) -> None:  # type: ignore[type-arg]
+    service = world[0]
+    revision = service.store.revision()
+    service.add_upload(
+        ReleaseRequest("b3", "3.0.0", "three.bin"),
+        [b"3"],
+        100,
+        rollout=RolloutSpec("b3", (10.0, 100.0)),
+    )
+    # One transaction, one revision step: no reader can see b3 without its rollout.
+    assert service.store.revision() == revision + 1
+    catalog = service.catalog()
+    assert catalog.rollouts.by_build["b3"].percent == 10.0
+    offered = {
+        d
+        for d in range(500)
+        if decide(catalog, DeviceFacts(f"d{d}", "b2")).release is not None
+    }
+    assert offered == {d for d in range(500) if in_cohort("b3", f"d{d}", 10)}
+    # A rollout that cannot start (bad stages) publishes nothing at all.
+    with pytest.raises(InvalidInput):
+        service.add_upload(
+            ReleaseRequest("b4", "4.0.0", "four.bin"),
+            [b"4"],
+            100,
+            rollout=RolloutSpec("b4", (50.0, 10.0)),
+        )
+    assert "b4" not in service.catalog().by_build
+    assert not (service.packages.root / "four.bin").exists()
