@@ -373,9 +373,7 @@ class _Batch:
             )
             result = self._conn.execute(statement, rows)
             if self._conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(rows):
-                raise _Stale(
-                    f"{len(rows) - result.rowcount} install rows changed during the batch"
-                )
+                raise _Stale(f"{len(rows) - result.rowcount} install rows changed during the batch")
 
     def _update_devices(self) -> None:
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}

@@ -13,6 +13,7 @@ from ota_core.models import ErrorReply, Offer, UpdateOffer, UpToDate, parse_offe
 from ota_core.releases import ReleaseRequest
 from ota_core.services import Services
 from ota_core.settings import Settings
+from ota_core.store.rollouts import RolloutSpec
 from tests.support import MqttProbe
 
 WAIT = 20.0  # generous: only ever a limit on waiting, never an assertion on speed
@@ -114,14 +115,21 @@ def bridge_settings(ota_dirs: Any, url: str, protocol: str = "5", **extra: Any) 
 
 
 def add_release(
-    services: Services, build_id: str, version: str, content: bytes | None = None, **extra: str
+    services: Services,
+    build_id: str,
+    version: str,
+    content: bytes | None = None,
+    rollout: RolloutSpec | None = None,
+    **extra: str,
 ) -> None:
-    """Publish a release the way the admin side does: an upload through ReleaseService."""
+    """Publish a release the way the admin side does: an upload through ReleaseService
+    (staged from the start, in the same transaction, with ``rollout``)."""
     data = content if content is not None else f"firmware {build_id}".encode() * 100
     services.releases.add_upload(
         ReleaseRequest(build_id=build_id, version=version, filename=f"fw-{build_id}.bin", **extra),
         [data],
         max_bytes=10 * 1024 * 1024,
+        rollout=rollout,
     )
 
 

@@ -117,21 +117,19 @@ def test_rollout_pushes_exactly_the_reached_cohorts_and_pauses_on_failures(
 ) -> None:
     rollouts = RolloutStore(admin.database)
     fleet_ids = [f"dev-{n:03d}" for n in range(200)]
-    with running_bridge(settings) as (bridge, _):
-        add_release(admin, "b1", "1.0.0")
-        fleet.register({d: {"build_id": "b1", "channel": "stable"} for d in fleet_ids})
-        assert bridge.flush_registry(WAIT)
-    # The release and its rollout go in while no bridge runs: a release without a
-    # rollout is available to everyone at once, so a bridge running in between would
-    # (rightly) push it to the whole fleet. The bridge's start-up pass pushes it.
-    add_release(admin, "b2", "2.0.0")
-    rollout = rollouts.create(RolloutSpec(
-        "b2", (10.0, 50.0, 100.0), failure_threshold_percent=20.0, failure_min_count=3,
-    ))
     first = {d for d in fleet_ids if in_cohort("b2", d, 10.0)}
     second = {d for d in fleet_ids if in_cohort("b2", d, 50.0)}
     assert 5 <= len(first) < len(second) < len(fleet_ids)  # a meaningful split
     with running_bridge(settings) as (bridge, _):
+        add_release(admin, "b1", "1.0.0")
+        fleet.register({d: {"build_id": "b1", "channel": "stable"} for d in fleet_ids})
+        assert bridge.flush_registry(WAIT)
+        # Staged from the start: the release and its rollout in one transaction, so no
+        # catalog revision ever offers b2 to the whole fleet.
+        add_release(admin, "b2", "2.0.0", rollout=RolloutSpec(
+            "b2", (10.0, 50.0, 100.0), failure_threshold_percent=20.0, failure_min_count=3,
+        ))
+        (rollout,) = rollouts.all()
         pushed = pushed_through(bridge, admin, fleet, "s1")
         assert pushed == {d: ["b2"] for d in first}
 
@@ -305,3 +303,15 @@ def test_a_newer_release_during_a_push_restarts_it_from_the_newer_catalog(
     finally:
         fleet.close()
         admin.close()
+
+
+def test_a_release_published_while_no_bridge_ran_is_pushed_when_one_starts(
+    settings: Settings, admin: Services, fleet: Fleet
+) -> None:
+    with running_bridge(settings) as (bridge, _):
+        add_release(admin, "b1", "1.0.0")
+        fleet.register({d: {"build_id": "b1"} for d in ("w-1", "w-2")})
+        assert bridge.flush_registry(WAIT)
+    add_release(admin, "b2", "2.0.0")  # no bridge running: nobody sees the revision move
+    with running_bridge(settings) as (bridge, _):
+        assert pushed_through(bridge, admin, fleet, "s1") == {"w-1": ["b2"], "w-2": ["b2"]}
