@@ -26,13 +26,12 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from admin.rollouts import ROLLOUT_FORM_FIELDS, rollout_from_form
-from admin.schemas import ReleaseFields, RolloutCreate, parse_sha256
+from admin.schemas import ReleaseFields, parse_sha256
 from ota_core.errors import InvalidInput
 from ota_core.models import Release
 from ota_core.package_files import read_chunks
 from ota_core.rollouts import Rollout
 from ota_core.services import Services
-from ota_core.store.rollouts import RolloutStore
 
 #: Room for the multipart boundaries and the text fields next to the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -121,28 +120,18 @@ async def publish_upload(
         expected = parse_sha256(fields.get("sha256"))
         # Checked before a byte is stored: a typo in the stages must not publish to everyone.
         staged = rollout_from_form(release_fields.build_id, fields)
+        # Release and rollout go in one transaction: never visible unstaged, not even briefly.
         release = await run_in_threadpool(
             services.releases.add_upload,
             release_fields.to_request(),
             read_chunks(upload.file),
             services.settings.max_upload_bytes,
             expected,
+            None if staged is None else staged.to_spec(),
         )
     finally:
         await upload.close()
     if staged is None:
         return release, None
-    return release, await run_in_threadpool(start_or_withdraw, services, release, staged)
-
-
-def start_or_withdraw(services: Services, release: Release, staged: RolloutCreate) -> Rollout:
-    """Start the rollout of a just-published release; if that fails, withdraw the release.
-
-    A release published without its rollout would go to every eligible device, which is
-    exactly what the admin asked not to happen.
-    """
-    try:
-        return RolloutStore(services.database).create(staged.to_spec())
-    except BaseException:
-        services.releases.delete(release.build_id, delete_file=True)
-        raise
+    catalog = await run_in_threadpool(services.catalog.refresh)
+    return release, catalog.rollouts.by_build.get(release.build_id)

@@ -61,17 +61,6 @@ def reload_until(page: Page, done: Callable[[], bool], what: str, devices: SimDe
         page.reload()
 
 
-#: Known product bug, reported to the lead: the upload publishes the release and then
-#: creates its rollout in a second transaction. A bridge that reloads the catalog in
-#: between sees the release without a rollout and pushes it to every eligible device.
-#: The fix is one transaction for both (ReleaseStore/ReleaseService in ota_core); then
-#: this xfail goes.
-PUBLISH_RACE = (
-    "publish-then-rollout race: the bridge saw the release before its rollout and "
-    "pushed it beyond the first cohort (needs release + rollout in one transaction)"
-)
-
-
 def offered_beyond(stack: Stack, devices: SimDevices, cohort: list[str]) -> bool:
     """Was any device outside ``cohort`` offered the release?"""
     registry = stack.server.services.registry
@@ -207,14 +196,9 @@ def test_staged_rollout_with_automatic_pause_in_a_real_browser(
 
     # The 10 % cohort is pushed the offer; the devices download, verify, and install —
     # held at "installing" until the test lets them finish.
-    try:
-        reload_until(
-            page, lambda: count(page, 0, "installing") == 4, "4 devices installing", devices
-        )
-    except AssertionError:
-        if offered_beyond(stack, devices, first):
-            pytest.xfail(PUBLISH_RACE)
-        raise
+    reload_until(page, lambda: count(page, 0, "installing") == 4, "4 devices installing", devices)
+    # The release and its rollout were published in one transaction: nobody else got it.
+    assert not offered_beyond(stack, devices, first)
     assert count(page, 0, "total") == 4
     assert count(page, 1, "total") == 0 and count(page, 2, "total") == 0
     devices.gate.set()
