@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ota_core.errors import ServiceUnavailable
@@ -35,11 +38,46 @@ class Database:
         self.engine.dispose()
 
 
+#: Arbitrary constant naming our migration lock in PostgreSQL's advisory-lock space.
+_PG_MIGRATION_LOCK = 0x07A0_0001
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations between processes that share one SQLite file.
+
+    Two services started together (``ota http`` and ``ota bridge``) would both
+    try to create the schema of a fresh database; SQLite's own locking does not
+    cover Alembic's check-then-create, so a lock file beside the database does.
+    """
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    lock_path = Path(database).with_name(Path(database).name + ".migrate-lock")
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision, upgrading an existing database in place."""
+    """Bring the schema to the newest revision, upgrading an existing database in place.
+
+    Safe when several processes start at once: they take turns (a file lock for
+    SQLite, a transaction-scoped advisory lock for PostgreSQL), and the later ones
+    find nothing left to do.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    lock = _sqlite_migration_lock(engine) if engine.dialect.name == "sqlite" else nullcontext()
+    with lock, engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+            )
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
