@@ -178,6 +178,14 @@ class Bridge:
         self._topics = settings.topics
         self._address = BrokerAddress.from_url(settings.effective_broker_url)
         self._v5 = settings.mqtt_protocol == "5"
+        self._group = settings.replicas_group
+        if self._group is not None and not self._v5:
+            # MQTT 3.1.1 has no shared subscriptions: a 3.1.1 broker would take
+            # "$share/…" as a plain topic and the bridge would never hear a device.
+            raise InvalidInput(
+                f"--replicas-group {self._group!r} needs MQTT 5 shared subscriptions; "
+                "the bridge is set to MQTT 3.1.1 (set OTA_MQTT_PROTOCOL=5)"
+            )
         catalog_cache = services.catalog
         self.handler = BridgeHandler(
             self._topics,
@@ -259,14 +267,21 @@ class Bridge:
         self._timer.start()
         clean_start: mqtt.CleanStartOption = mqtt.MQTT_CLEAN_START_FIRST_ONLY
         properties = None
-        if self._v5:
+        if self._group is not None:
+            # A replica keeps no session: Mosquitto keeps handing a shared
+            # subscription's messages to a member whose session outlives it, so a
+            # dead replica would swallow its share until the expiry. Without a
+            # session, the survivors take everything; a device whose announcement
+            # was in flight to the dead replica asks again (devices retry).
+            clean_start = True
+        elif self._v5:
             clean_start = False
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
         log.info(
-            "bridge connecting broker=%s protocol=%s client_id=%s prefix=%s",
+            "bridge connecting broker=%s protocol=%s client_id=%s prefix=%s replicas_group=%s",
             self._address, self._settings.mqtt_protocol, self._settings.mqtt_client_id,
-            self._topics.prefix,
+            self._topics.prefix, self._group,
         )
         self._client.connect_async(
             self._address.host,
@@ -387,12 +402,17 @@ class Bridge:
         )
         # Subscribe on every connect: the broker may have dropped the session.
         result, mid = client.subscribe([
-            (self._topics.filter(TopicKind.ANNOUNCE), 1),
-            (self._topics.filter(TopicKind.STATUS), 1),
+            (self._filter(TopicKind.ANNOUNCE), 1),
+            (self._filter(TopicKind.STATUS), 1),
         ])
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.error("bridge could not subscribe error=%s", mqtt.error_string(result))
         self._subscribe_mid = mid
+
+    def _filter(self, kind: TopicKind) -> str:
+        """The subscription filter: shared between the replicas of a group, if any."""
+        plain = str(self._topics.filter(kind))
+        return plain if self._group is None else f"$share/{self._group}/{plain}"
 
     def _on_subscribe(
         self,
@@ -413,7 +433,7 @@ class Bridge:
             return
         log.info(
             "bridge subscribed announce=%s status=%s",
-            self._topics.filter(TopicKind.ANNOUNCE), self._topics.filter(TopicKind.STATUS),
+            self._filter(TopicKind.ANNOUNCE), self._filter(TopicKind.STATUS),
         )
         self._ready.set()
 

@@ -73,6 +73,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "keys_dir",
         "packages_dir",
         "database_url",
+        "replicas_group",
+        "metrics_port",
     )
     overrides: dict[str, Any] = {
         name: getattr(args, name) for name in names if getattr(args, name, None) is not None
@@ -401,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bridge = sub.add_parser("bridge", help="the MQTT bridge only, against OTA_BROKER_URL")
     _setting_flags(bridge, listen=False, broker=True)
+    bridge.add_argument(
+        "--replicas-group",
+        metavar="NAME",
+        help="share announcements with the other bridges of this group through an MQTT 5 "
+        "shared subscription (OTA_REPLICAS_GROUP); give each its own OTA_MQTT_CLIENT_ID",
+    )
+    bridge.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics here (OTA_METRICS_PORT)"
+    )
     bridge.set_defaults(func=cmd_bridge)
 
     http = sub.add_parser("http", help="the HTTP side only: downloads, device REST, admin")

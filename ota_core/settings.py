@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # MQTT protocol the bridge speaks to an external broker: "5" or "3.1.1".
     mqtt_protocol: str = "5"
     topic_prefix: str = DEFAULT_PREFIX
+    # Scale-out: bridges sharing this name split announcements through an MQTT 5
+    # shared subscription ($share/<name>/...). Each replica needs its own client id.
+    replicas_group: str | None = None
+    # The bridge serves Prometheus metrics on this port when set (the HTTP side
+    # always serves them at GET /metrics).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
     # Folders.
     data_dir: Path = Path("data")
@@ -95,6 +101,14 @@ class Settings(BaseSettings):
         if value not in {"5", "3.1.1"}:
             raise ValueError("OTA_MQTT_PROTOCOL must be 5 or 3.1.1")
         return value
+
+    @field_validator("replicas_group")
+    @classmethod
+    def _valid_group(cls, value: str | None) -> str | None:
+        # A share name is one topic level: no separators or wildcards.
+        if value is not None and (any(c in value for c in "/+#") or len(value) > 64):
+            raise ValueError("OTA_REPLICAS_GROUP must be one topic level: no / + # (max 64)")
+        return value or None
 
     @field_validator("broker_url")
     @classmethod
