@@ -56,12 +56,12 @@ def as_argv(command: str | list[str]) -> list[str]:
 
 
 def ota_services() -> dict[str, dict[str, Any]]:
-    """Services that run our image (everything but the Mosquitto broker)."""
+    """Services that run our image (not the Mosquitto broker, not PostgreSQL)."""
     services = load_compose()["services"]
     return {
         name: spec
         for name, spec in services.items()
-        if not str(spec.get("image", "")).startswith(MOSQUITTO_IMAGE)
+        if not str(spec.get("image", "")).startswith((MOSQUITTO_IMAGE, "postgres"))
     }
 
 
@@ -130,7 +130,12 @@ def test_compose_has_broker_bridge_and_http() -> None:
     assert str(services["mosquitto"]["image"]).startswith(f"{MOSQUITTO_IMAGE}:2")
     assert subcommand(as_argv(services["bridge"]["command"])) == ["bridge"]
     assert subcommand(as_argv(services["http"]["command"])) == ["http"]
-    assert services["bridge"]["environment"]["OTA_BROKER_URL"] == "mqtt://mosquitto:1883"
+    # Bridges use the internal services listener, where replicas keep their own client ids.
+    assert services["bridge"]["environment"]["OTA_BROKER_URL"] == "mqtt://mosquitto:1884"
+    assert services["bridge-2"]["environment"]["OTA_MQTT_CLIENT_ID"] != (
+        services["bridge"]["environment"]["OTA_MQTT_CLIENT_ID"]
+    )
+    assert "postgresql://" in services["bridge"]["environment"]["OTA_DATABASE_URL"]
     assert "/healthz" in json.dumps(services["http"]["healthcheck"]["test"])
     for name in ("bridge", "http", "mosquitto"):
         assert services[name].get("restart") == "unless-stopped", name
@@ -282,13 +287,15 @@ def test_shipped_mosquitto_conf_is_locked_down() -> None:
     assert int(shipped_option("max_queued_bytes")) > 0
     options = conf_options(REPO_MOSQUITTO_CONF.read_text())
     assert "message_size_limit" not in dict(options)  # deprecated in 2.x
-    # Each listener replaces client ids by usernames (a per-listener option).
+    # Each device-facing listener replaces client ids by usernames (a per-listener option);
+    # 1884 is the internal services listener, where bridge replicas keep their client ids.
     tls_options = conf_options(enable_tls_block(REPO_MOSQUITTO_CONF.read_text()))
     listeners = [i for i, (k, _) in enumerate(tls_options) if k == "listener"]
-    assert [tls_options[i][1] for i in listeners] == ["1883", "8883"]
+    assert [tls_options[i][1] for i in listeners] == ["1883", "1884", "8883"]
     for start, end in zip(listeners, [*listeners[1:], len(tls_options)], strict=True):
-        assert ("use_username_as_clientid", "true") in tls_options[start:end]
-    tls = dict(tls_options[listeners[1] :])
+        replaced = ("use_username_as_clientid", "true") in tls_options[start:end]
+        assert replaced == (tls_options[start][1] != "1884")
+    tls = dict(tls_options[listeners[2] :])
     assert tls["require_certificate"] == "true"
     assert tls["use_identity_as_username"] == "true"
     assert {"cafile", "certfile", "keyfile"} <= set(tls)
