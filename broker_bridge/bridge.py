@@ -63,16 +63,19 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import start_http_server
 
 from broker_bridge.handler import BridgeHandler, HandlerResult, Outcome
 from broker_bridge.limits import DeviceRateLimiter, ReplyCache
 from broker_bridge.push import Pusher
 from broker_bridge.supervisor import RolloutSupervisor
 from broker_bridge.writer import RegistryWriter
+from ota_core import metrics
 from ota_core.catalog import Catalog
 from ota_core.errors import InvalidInput, OtaError
 from ota_core.services import Services
 from ota_core.settings import Settings
+from ota_core.store.devices import StatusSeen
 from ota_core.store.rollouts import RolloutStore
 from ota_core.topics import TopicKind
 
@@ -237,6 +240,7 @@ class Bridge:
         self._timer_wake = threading.Event()
         self._offer_key_id = self._key_id()
         self._client = self._make_client()
+        self._metrics_server: Any = None  # prometheus-client's WSGI server, when serving
 
     # -- public API -----------------------------------------------------
 
@@ -254,6 +258,14 @@ class Bridge:
             return
         self._started = True
         self._stopping.clear()
+        # The gauge reads the writer's queue length at scrape time: nothing to keep in step.
+        metrics.REGISTRY_BACKLOG.set_function(lambda: float(self._writer.backlog))
+        port = self._settings.metrics_port
+        if port is not None and self._metrics_server is None:
+            self._metrics_server, _thread = start_http_server(
+                port, addr=self._settings.host, registry=metrics.REGISTRY
+            )
+            log.info("bridge metrics at http://%s:%d/metrics", self._settings.host, port)
         self._closing = False
         self._check_catalog()
         self._refresh_offer_key()
@@ -325,6 +337,10 @@ class Bridge:
         self._client.loop_stop()
         self._ready.clear()
         lost = self._writer.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         log.info(
             "bridge stopped %s registry_events_lost=%d",
             " ".join(f"{k}={v}" for k, v in self.stats.snapshot().items()), lost,
@@ -509,16 +525,17 @@ class Bridge:
             if (
                 arrival >= fresh_since
                 and _better_with_newer_catalog(result)
-                and self._defer(_Deferred(topic, payload, snapshot, stamp, result))
+                and self._defer(_Deferred(topic, payload, snapshot, stamp, result, arrival))
             ):
                 return
-            self._emit(result, topic, payload, stamp)
+            self._emit(result, topic, payload, stamp, arrival)
         except Exception:
             log.exception("bridge failed on a message; continuing")
 
     def _rate_limited(self, limiter: DeviceRateLimiter, device_key: str) -> None:
         with self._count_lock:
             self.stats.rate_limited += 1
+        metrics.ERRORS.labels(kind="rate-limited").inc()
         if limiter.note_drop(device_key):  # its first drop in this window: one line
             log.warning(
                 "device rate-limited device_id=%s limit=%g/s burst=%d; its messages are "
@@ -534,6 +551,10 @@ class Bridge:
             return False
         with self._count_lock:
             self.stats.duplicates += 1
+        # A QoS 1 redelivery or a device asking twice: received, and answered again
+        # with the same bytes (status "resent": the cache does not keep the kind).
+        metrics.ANNOUNCEMENTS.inc()
+        metrics.OFFERS.labels(status="resent").inc()
         self._publish(cached.topic, cached.payload, None, None)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("announce outcome=duplicate topic=%s", _quoted(topic, 200))
@@ -557,6 +578,7 @@ class Bridge:
 
     def _publish_push(self, topic: str, payload: bytes) -> None:
         """The push thread's way out: same QoS 1 path as answers."""
+        metrics.PUSHES.inc()
         self._publish(topic, payload, None, None)
 
     def _defer(self, deferred: _Deferred) -> bool:
@@ -574,7 +596,14 @@ class Bridge:
         self._timer_wake.set()
         return True
 
-    def _emit(self, result: HandlerResult, topic: str, payload: bytes, stamp: _Stamp) -> None:
+    def _emit(
+        self,
+        result: HandlerResult,
+        topic: str,
+        payload: bytes,
+        stamp: _Stamp,
+        arrival: float | None = None,
+    ) -> None:
         """Publish the reply, queue the registry event, count and log. Any thread.
 
         ``stamp`` (catalog revision, offer key id) was read before the answer was
@@ -593,6 +622,7 @@ class Bridge:
                     topic, payload, stamp, reply.topic, reply.payload, time.monotonic()
                 )
             self._publish(reply.topic, reply.payload, result.device_id, result.request_id)
+        _count_metrics(result, arrival)
         _log_result(result, topic)
 
     def _answer_deferred(self) -> None:
@@ -609,7 +639,7 @@ class Bridge:
                 if current is not item.snapshot:  # it changed: answer again
                     stamp = (current.revision, self._offer_key_id)
                     result = self.handler.handle(item.topic, item.payload, datetime.now(UTC))
-                self._emit(result, item.topic, item.payload, stamp)
+                self._emit(result, item.topic, item.payload, stamp, item.arrival)
             except Exception:
                 log.exception("bridge failed on a message; continuing")
 
@@ -744,11 +774,35 @@ class _Deferred:
     snapshot: Catalog
     stamp: _Stamp
     result: HandlerResult
+    arrival: float  # time.monotonic() when it came in, for the latency histogram
 
 
 def _better_with_newer_catalog(result: HandlerResult) -> bool:
     """Answers a release published a moment ago would improve: worth a fresh catalog."""
     return result.outcome is Outcome.UP_TO_DATE or result.error == "unknown-build"
+
+
+_OFFER_STATUS = {
+    Outcome.UPDATE_OFFERED: "update-available",
+    Outcome.UP_TO_DATE: "up-to-date",
+    Outcome.ANNOUNCE_REJECTED: "error",
+}
+
+
+def _count_metrics(result: HandlerResult, arrival: float | None) -> None:
+    """The Prometheus side of one handled message (after its reply was handed to paho)."""
+    outcome = result.outcome
+    status = _OFFER_STATUS.get(outcome)
+    if status is not None:
+        metrics.ANNOUNCEMENTS.inc()
+        if result.reply is not None:
+            metrics.OFFERS.labels(status=status).inc()
+            if arrival is not None:
+                metrics.OFFER_LATENCY.observe(max(0.0, time.monotonic() - arrival))
+    elif isinstance(result.event, StatusSeen):
+        metrics.STATUS_REPORTS.labels(state=str(result.event.report.state)).inc()
+    if result.error is not None:
+        metrics.ERRORS.labels(kind=result.error).inc()
 
 
 def _log_result(result: HandlerResult, topic: str) -> None:

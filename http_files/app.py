@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from admin import admin_router
-from http_files import catalog, devices, health, keys, packages
+from http_files import catalog, devices, health, keys, metrics, packages
 from http_files.errors import install_error_handlers
 from ota_core.services import Services
 
@@ -65,5 +65,6 @@ def create_app(services: Services, admin_password: str) -> FastAPI:
     app.include_router(catalog.router)
     app.include_router(health.router)
     app.include_router(keys.router)
+    app.include_router(metrics.router)
     app.include_router(admin_router(services.settings.max_upload_bytes))
     return app

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from http_files.deps import CatalogDep, ServicesDep
 from http_files.schemas import ChecksumInfo, ErrorBody
 from ota_core.errors import PackageNotFound
 from ota_core.identifiers import check_filename
+from ota_core.metrics import DOWNLOAD_BYTES, DOWNLOADS
 
 router = APIRouter(tags=["packages"])
 
@@ -33,6 +35,25 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorBody, "description": "not a plain package file name"},
     404: {"model": ErrorBody, "description": "no such package"},
 }
+
+
+class _CountedFileResponse(FileResponse):
+    """A FileResponse that counts the bytes it actually sends (Range-aware for free:
+    only the requested slices pass through ``send``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counting_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.body":
+                DOWNLOAD_BYTES.inc(len(message.get("body", b"")))
+            elif kind == "http.response.pathsend":
+                # A server doing the send itself (ASGI pathsend): the whole file goes.
+                DOWNLOAD_BYTES.inc(self.file_size)
+            await send(message)
+
+        await super().__call__(scope, receive, counting_send)
+
+    file_size = 0
 
 
 def _etag_matches(if_none_match: str, etag: str) -> bool:
@@ -83,7 +104,13 @@ def download_package(
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    return FileResponse(Path(path), headers=headers, stat_result=info, filename=filename)
+    if request.method == "GET":
+        DOWNLOADS.inc()  # started; bytes are counted as they go out
+    response = _CountedFileResponse(
+        Path(path), headers=headers, stat_result=info, filename=filename
+    )
+    response.file_size = info.st_size
+    return response
 
 
 @router.get(
