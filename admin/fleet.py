@@ -24,7 +24,7 @@ from ota_core.explain import Explanation, explain
 from ota_core.identifiers import check_device_id
 from ota_core.models import DeviceFacts, DeviceState
 from ota_core.store.database import Database
-from ota_core.store.devices import DeviceRecord, DeviceRegistry
+from ota_core.store.devices import DeviceRecord, DeviceRegistry, record_from_row
 from ota_core.store.schema import devices
 from ota_core.versions import parse_version
 
@@ -147,19 +147,6 @@ def _bound(value: datetime, sqlite: bool) -> datetime:
     return value.replace(tzinfo=None) if sqlite else value
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def _record(row: Any) -> DeviceRecord:
-    data = dict(row._mapping)
-    data["last_seen"] = _aware(data["last_seen"])
-    data["last_status_at"] = _aware(data["last_status_at"])
-    return DeviceRecord(**data)
-
-
 @dataclass(frozen=True)
 class DevicePage:
     devices: list[DeviceRecord]
@@ -187,7 +174,7 @@ def find_devices(database: Database, wanted: DeviceFilter) -> DevicePage:
             total = int(conn.execute(count).scalar_one())
     except SQLAlchemyError as e:
         raise ServiceUnavailable(f"database unavailable: {e}") from e
-    return DevicePage([_record(r) for r in rows], total, wanted)
+    return DevicePage([record_from_row(r) for r in rows], total, wanted)
 
 
 def facet_values(database: Database) -> dict[str, list[str]]:

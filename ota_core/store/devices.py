@@ -88,7 +88,8 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-def _record(row: Any) -> DeviceRecord:
+def record_from_row(row: Any) -> DeviceRecord:
+    """A ``devices`` row as a DeviceRecord, with timezone-aware times (SQLite drops the zone)."""
     data = dict(row._mapping)
     data["last_seen"] = _aware(data["last_seen"])
     data["last_status_at"] = _aware(data["last_status_at"])
@@ -534,9 +535,9 @@ class DeviceRegistry:
     def get(self, device_id: str) -> DeviceRecord | None:
         with self._engine.connect() as conn:
             row = conn.execute(select(devices).where(devices.c.device_id == device_id)).first()
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row)
 
     def all(self) -> list[DeviceRecord]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(devices).order_by(devices.c.device_id)).all()
-        return [_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
