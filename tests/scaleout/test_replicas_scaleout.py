@@ -94,7 +94,7 @@ def test_three_replicas_answer_every_device_despite_a_killed_one(
         "OTA_DATABASE_URL": url,
         "OTA_DEVICE_RATE_LIMIT": 0,
         "OTA_PUSH_RATE": 0,  # answers only: every offer here answers an announcement
-        "OTA_CATALOG_POLL_SECONDS": 0.2,
+        "OTA_CATALOG_POLL_SECONDS": "0.2",
     })
     done = run_ota(["keygen"], env, tmp_path)
     assert done.returncode == 0, done.stderr
