@@ -29,9 +29,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.processes import OtaProcess, ota_env, run_ota
-from tests.support import MosquittoServer, MqttProbe
+from tests.support import MosquittoServer, MqttProbe, free_port
 from tests.support.postgres import PostgresUnavailable, start_postgres
 
 DEVICES = 2_000
@@ -75,6 +77,16 @@ def _answers(
     return got
 
 
+def _announcements(port: int) -> float:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ota_announcements_total"
+    )
+
+
 def test_three_replicas_answer_every_device_despite_a_killed_one(
     tmp_path: Path,
     mosquitto: MosquittoServer,
@@ -108,12 +120,18 @@ def test_three_replicas_answer_every_device_despite_a_killed_one(
         assert done.returncode == 0, done.stderr
 
     bridges: list[OtaProcess] = []
+    metrics_ports = [free_port() for _ in range(3)]
+    handled: list[float] = []
     probe: MqttProbe | None = None
     try:
         for n in range(3):
             bridges.append(OtaProcess(
                 ["bridge", "--replicas-group", "g"],
-                {**env, "OTA_MQTT_CLIENT_ID": f"bridge-{n}-{uuid.uuid4().hex[:6]}"},
+                {
+                    **env,
+                    "OTA_MQTT_CLIENT_ID": f"bridge-{n}-{uuid.uuid4().hex[:6]}",
+                    "OTA_METRICS_PORT": str(metrics_ports[n]),
+                },
                 tmp_path,
             ))
         for bridge in bridges:
@@ -162,6 +180,8 @@ def test_three_replicas_answer_every_device_despite_a_killed_one(
                 break
             retried.update(missing)
             announce(missing)  # a real device asks again with the same request id
+        # Each survivor's own /metrics (OTA_METRICS_PORT): how the work was split.
+        handled = [_announcements(metrics_ports[i]) for i in (0, 2)]
     finally:
         for bridge in bridges:
             bridge.stop()
@@ -176,10 +196,30 @@ def test_three_replicas_answer_every_device_despite_a_killed_one(
     record_property("retried", len(retried))
     print(
         f"\nscale-out database={database} devices={DEVICES} answered_at_kill={answered_at_kill} "
-        f"duplicates={duplicates} retried={len(retried)} missing={len(missing)}"
+        f"duplicates={duplicates} retried={len(retried)} missing={len(missing)} "
+        f"survivors_announcements={handled}"
     )
     assert not missing, f"{len(missing)} devices never answered, e.g. {missing[:5]}"
     assert all(set(answers[d]) == {request_ids[d]} for d in ids), "an answer for a wrong request"
     assert duplicates < DEVICES * 0.05, duplicates
+    assert all(count > 0 for count in handled), handled
     for bridge in survivors:
         assert bridge.proc.returncode == 0, bridge.output[-2000:]
+
+
+def test_a_replicas_group_on_mqtt311_is_refused_plainly(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    env = ota_env({
+        "OTA_BROKER_URL": mosquitto.url,
+        "OTA_DATA_DIR": tmp_path / "data",
+        "OTA_KEYS_DIR": tmp_path / "keys",
+        "OTA_PACKAGES_DIR": tmp_path / "packages",
+    })
+    assert run_ota(["keygen"], env, tmp_path).returncode == 0
+    done = run_ota(
+        ["bridge", "--replicas-group", "g", "--mqtt-protocol", "3.1.1"], env, tmp_path
+    )
+    assert done.returncode != 0
+    assert "needs MQTT 5 shared subscriptions" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
