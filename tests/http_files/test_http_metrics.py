@@ -43,3 +43,9 @@ def test_metrics_list_every_shared_metric(server: Running) -> None:
     text = server.get("/metrics").text
     for name in ("ota_announcements_total", "ota_offer_latency_seconds", "ota_registry_backlog"):
         assert name in text
+
+
+def test_rollout_states_are_listed(server: Running) -> None:
+    text = server.get("/metrics").text
+    for state in ("active", "paused", "aborted", "completed"):
+        assert f'ota_rollouts{{state="{state}"}}' in text
