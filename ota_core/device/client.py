@@ -939,6 +939,13 @@ class DeviceClient:
             self._publish(self.announce_topic, payload)
         return rid, future
 
+    def _resend(self, request_id: str) -> None:
+        with self._lock:
+            pending = self._pending.get(request_id)
+            send_now = pending is not None and self._subscribed and request_id not in self._unsent
+        if pending is not None and send_now:
+            self._publish(self.announce_topic, pending.payload)
+
     def forget(self, request_id: str) -> tuple[Offer, ...]:
         """Stop waiting for the offer answering ``request_id``; returns the strays that
         arrived meanwhile (offers answering other requests)."""
@@ -959,7 +966,14 @@ class DeviceClient:
         wait = self.config.timeout if timeout is None else timeout
         rid, future = self.request_offer(request_id)
         try:
-            return future.result(wait)
+            try:
+                return future.result(wait / 2)
+            except FutureTimeout:
+                # No answer yet: the announcement may have died with a bridge replica
+                # that held it (a shared subscription does not hand it to another).
+                # Send it once more, same request id: bridges answer duplicates alike.
+                self._resend(rid)
+                return future.result(wait / 2)
         except FutureTimeout as e:
             strays = self.forget(rid)
             raise OfferTimeout(

@@ -19,10 +19,10 @@ import pytest
 from ota_core.device import DeviceClient, DeviceConfig, NotConnected, OfferTimeout, OutcomeKind
 from ota_core.errors import UnknownBuild
 from ota_core.keyfiles import load_verifier
-from ota_core.models import Announcement, Offer, UpdateOffer, UpToDate
+from ota_core.models import Announcement, ErrorReply, Offer, UpdateOffer, UpToDate, parse_offer
 from ota_core.offers import OfferBuilder
 from tests.device.harness import DeviceFactory, OfferResponder, PackageServer, World, tampered
-from tests.support import add_mosquitto_user, start_mosquitto
+from tests.support import MqttProbe, add_mosquitto_user, start_mosquitto
 
 FULL_RUN = ["downloading", "verifying", "installing", "installed"]
 
@@ -187,7 +187,8 @@ def test_only_offers_for_other_requests_time_out_then_are_refused(
     device = make_device(timeout=1.5)
     with pytest.raises(OfferTimeout, match="no offer for request r-1") as raised:
         device.announce("r-1")
-    assert [o.request_id for o in raised.value.strays] == ["not-r-1"]
+    # One stray per announcement sent (the device re-sends once halfway through the wait).
+    assert {o.request_id for o in raised.value.strays} == {"not-r-1"}
     outcome = device.run_once()
     assert outcome.kind is OutcomeKind.REJECTED
     assert outcome.reason == "wrong-request"
@@ -615,3 +616,46 @@ def test_broker_password_never_appears_in_messages() -> None:
     )
     assert "s3cret-pw" not in config.broker_for_messages
     assert config.broker_for_messages == "mqtt://d:***@127.0.0.1:1"
+
+
+def test_an_unanswered_announcement_is_sent_once_more_with_the_same_request_id(
+    mosquitto: Any, tmp_path: Path, release_key_pems: Any
+) -> None:
+    """A bridge replica killed while holding an announcement loses it; the device re-sends."""
+    prefix = f"resend{uuid.uuid4().hex[:8]}/v1"
+    (tmp_path / "public.pem").write_bytes(release_key_pems.public_pem)
+    probe = MqttProbe(mosquitto.url)
+    probe.subscribe(f"{prefix}/devices/+/announce")
+    config = DeviceConfig(
+        device_id="resend-1",
+        build_id="b1",
+        version="1.0.0",
+        broker_url=mosquitto.url,
+        public_key_path=tmp_path / "public.pem",
+        topic_prefix=prefix,
+        timeout=4.0,
+        insecure_unsealed=True,
+    )
+    with DeviceClient(config) as device:
+        holder: dict[str, Any] = {}
+
+        def answer_second() -> None:
+            first = json.loads(probe.expect(10).payload)  # dropped, as by a dead replica
+            second = json.loads(probe.expect(10).payload)
+            holder["ids"] = (first["request_id"], second["request_id"])
+            reply = ErrorReply(
+                device_id="resend-1",
+                request_id=second["request_id"],
+                error="unknown-build",
+                detail="answered the resend",
+            )
+            probe.publish(f"{prefix}/devices/resend-1/offer", reply.to_bytes(), qos=1)
+
+        responder = threading.Thread(target=answer_second)
+        responder.start()
+        offer = device.announce()
+        responder.join(10)
+    probe.close()
+    first_id, second_id = holder["ids"]
+    assert first_id == second_id == offer.request_id
+    assert parse_offer(offer.to_bytes()).status == "error"

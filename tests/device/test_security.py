@@ -50,9 +50,11 @@ def test_an_offer_captured_earlier_and_replayed_is_refused_as_wrong_request(
     captured: list[bytes] = []
 
     def capture_then_replay(device_id: str, a: Announcement) -> list[bytes]:
-        if not captured:
-            # The genuine answer to the first request is intercepted (never delivered)...
-            captured.append(world.offer("build-1002", device_id, a.request_id).to_bytes())
+        if a.request_id == "r-first":
+            # The genuine answer to the first request (and to its re-send) is
+            # intercepted, never delivered...
+            if not captured:
+                captured.append(world.offer("build-1002", device_id, a.request_id).to_bytes())
             return []
         return [captured[0]]  # ...and replayed in answer to the next one.
 
