@@ -5,13 +5,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from admin.fleet import (
     API_DEFAULT_LIMIT,
     MAX_LIMIT,
-    DeviceFilter,
+    DeviceQuery,
     device_record,
     explain_device,
     find_devices,
@@ -126,26 +126,9 @@ def delete_release(
 def list_devices(
     response: Response,
     services: ServicesDep,
-    version: str | None = None,
-    status: str | None = None,
-    channel: str | None = None,
-    hardware: str | None = None,
-    seen_after: str | None = None,
-    seen_before: str | None = None,
-    limit: int | None = None,
-    offset: int | None = None,
+    query: Annotated[DeviceQuery, Depends()],
 ) -> list[DeviceOut]:
-    wanted = DeviceFilter.parse(
-        version=version,
-        status=status,
-        channel=channel,
-        hardware=hardware,
-        seen_after=seen_after,
-        seen_before=seen_before,
-        limit=limit,
-        offset=offset,
-        default_limit=API_DEFAULT_LIMIT,
-    )
+    wanted = query.to_filter(default_limit=API_DEFAULT_LIMIT)
     page = find_devices(services.database, wanted)
     response.headers["X-Total-Count"] = str(page.total)
     return [DeviceOut.model_validate(d) for d in page.devices]
@@ -191,9 +174,7 @@ def explain_device_offer(
     status_code=201,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
 )
-def start_rollout(
-    body: RolloutCreate, store: RolloutStoreDep, services: ServicesDep
-) -> RolloutOut:
+def start_rollout(body: RolloutCreate, store: RolloutStoreDep, services: ServicesDep) -> RolloutOut:
     rollout = store.create(body.to_spec())
     return RolloutView.load(store, services.catalog.refresh(), rollout.rollout_id).to_out()
 

@@ -158,6 +158,31 @@ class DevicePage:
         return self.filter.offset + len(self.devices) < self.total
 
 
+@dataclass
+class DeviceQuery:
+    """The device filters as query parameters, shared by the API and the page (``Depends()``)."""
+
+    version: str | None = None
+    status: str | None = None
+    channel: str | None = None
+    hardware: str | None = None
+    seen_after: str | None = None
+    seen_before: str | None = None
+    limit: int | None = None
+    offset: int | None = None
+
+    def to_filter(self, default_limit: int = DEFAULT_LIMIT) -> DeviceFilter:
+        return DeviceFilter.parse(**vars(self), default_limit=default_limit)
+
+    def as_typed(self) -> dict[str, str]:
+        """What the admin typed, to refill the filter form."""
+        return {
+            name: value or ""
+            for name, value in vars(self).items()
+            if name not in ("limit", "offset")
+        }
+
+
 def find_devices(database: Database, wanted: DeviceFilter) -> DevicePage:
     """One page of devices matching ``wanted``, in device id order, and how many match."""
     sqlite = database.engine.dialect.name == "sqlite"

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from admin.charts import progress_chart
 from admin.fleet import (
     STATUS_CHOICES,
     DeviceFilter,
+    DeviceQuery,
     device_record,
     explain_device,
     facet_values,
@@ -60,35 +61,12 @@ def _error(error: OtaError | None) -> dict[str, str] | None:
 def devices_page(
     request: Request,
     services: ServicesDep,
-    version: str | None = None,
-    status: str | None = None,
-    channel: str | None = None,
-    hardware: str | None = None,
-    seen_after: str | None = None,
-    seen_before: str | None = None,
-    limit: int | None = None,
-    offset: int | None = None,
+    query: Annotated[DeviceQuery, Depends()],
 ) -> HTMLResponse:
-    typed = {
-        "version": version or "",
-        "status": status or "",
-        "channel": channel or "",
-        "hardware": hardware or "",
-        "seen_after": seen_after or "",
-        "seen_before": seen_before or "",
-    }
+    typed = query.as_typed()
     error: OtaError | None = None
     try:
-        wanted = DeviceFilter.parse(
-            version=version,
-            status=status,
-            channel=channel,
-            hardware=hardware,
-            seen_after=seen_after,
-            seen_before=seen_before,
-            limit=limit,
-            offset=offset,
-        )
+        wanted = query.to_filter()
     except InvalidInput as e:
         error, wanted = e, DeviceFilter()
     page = find_devices(services.database, wanted)
@@ -142,9 +120,7 @@ def device_page(
 
 
 @router.get("/rollouts", summary="Admin page: every rollout", response_class=HTMLResponse)
-def rollouts_page(
-    request: Request, store: RolloutStoreDep, catalog: CatalogDep
-) -> HTMLResponse:
+def rollouts_page(request: Request, store: RolloutStoreDep, catalog: CatalogDep) -> HTMLResponse:
     rows = []
     for rollout in store.all()[:MAX_LISTED_ROLLOUTS]:
         live = rollout.state in (RolloutState.ACTIVE, RolloutState.PAUSED)
