@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ota_core.errors import OtaError
+from ota_core.errors import OtaError, PortInUse
 from ota_core.keyfiles import (
     ensure_offer_key,
     ensure_release_keys,
@@ -35,10 +35,6 @@ log = logging.getLogger("ota")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
-
-class PortTaken(OtaError):
-    code = "port-in-use"
 
 
 def _setting_flags(parser: argparse.ArgumentParser, *, listen: bool, broker: bool) -> None:
@@ -95,7 +91,7 @@ def check_port_free(
         except OSError as e:
             in_use = e.errno == errno.EADDRINUSE
             reason = "is already in use" if in_use else f"cannot be used ({e.strerror})"
-            raise PortTaken(
+            raise PortInUse(
                 f"{what} port {port} on {host} {reason}. Pick another with {env_name}, "
                 f"for example `{env_name}={suggestion} make run`, or `ota ... {flag} {suggestion}`."
             ) from e
@@ -124,9 +120,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if embedded:
         # amqtt speaks MQTT 3.1.1 only.
         settings = settings.model_copy(update={"mqtt_protocol": "3.1.1"})
-        check_port_free(
-            settings.host, settings.mqtt_port, "MQTT", "OTA_MQTT_PORT", "--mqtt-port", 18830
-        )
+        # Before keys and database: the embedded broker's own check, with its message.
+        from broker_bridge.embedded import check_port_free as check_broker_port_free
+
+        check_broker_port_free(settings.host, settings.mqtt_port)
     check_port_free(
         settings.host, settings.http_port, "HTTP", "OTA_HTTP_PORT", "--http-port", 18000
     )
@@ -477,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     device.set_defaults(func=cmd_device)
     fleet = sub.add_parser("fleet", help="simulate many devices in one process (tests, benchmarks)")
     from ota_core.device import fleet_command
+
     fleet_command.add_arguments(fleet)
     fleet.set_defaults(func=fleet_command.run)
 
@@ -498,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as e:
         print(f"ota: invalid setting: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except PortTaken as e:
+    except PortInUse as e:
         print(f"ota: {e.detail}", file=sys.stderr)
         return EXIT_USAGE
     except OtaError as e:

@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import requests
 
 from .processes import OtaProcess, ota_env, run_ota
@@ -150,18 +151,25 @@ def test_ota_run_generates_and_prints_admin_password(
         server.stop()
 
 
-def test_taken_port_is_reported_plainly(tmp_path: Path, free_port_pair: tuple[int, int]) -> None:
+@pytest.mark.parametrize("taken", ["http", "mqtt"])
+def test_taken_port_is_reported_plainly(
+    tmp_path: Path, free_port_pair: tuple[int, int], taken: str
+) -> None:
     import socket
 
     mqtt_port, http_port = free_port_pair
+    port, variable = (
+        (http_port, "OTA_HTTP_PORT") if taken == "http" else (mqtt_port, "OTA_MQTT_PORT")
+    )
     with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", http_port))
+        blocker.bind(("127.0.0.1", port))
         blocker.listen()
         env = ota_env({"OTA_MQTT_PORT": mqtt_port, "OTA_HTTP_PORT": http_port})
         result = run_ota(["run"], env, tmp_path, timeout=30)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert f"port {http_port}" in result.stderr and "OTA_HTTP_PORT" in result.stderr
+    assert f"port {port}" in result.stderr and variable in result.stderr
+    assert not (tmp_path / "keys").exists()  # refused before any set-up work
 
 
 def test_separate_bridge_and_http_against_mosquitto(
