@@ -24,6 +24,7 @@ import os
 import secrets
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,11 @@ from tests.support import (  # noqa: E402
     start_amqtt_broker,
     start_mosquitto,
     start_secure_mosquitto,
+)
+from tests.support.postgres import (  # noqa: E402
+    PostgresServer,
+    PostgresUnavailable,
+    start_postgres,
 )
 
 #: Device users (username = device id) in ``secure_mosquitto``'s password file.
@@ -149,3 +155,23 @@ def ota_dirs(tmp_path: Path, release_key_pems: ReleaseKeyPems) -> OtaDirs:
     """keys_dir (with the session's release key pair), packages_dir and data_dir under
     tmp_path; ``ota_dirs.settings(**overrides)`` builds Settings for them."""
     return OtaDirs.create(tmp_path / "ota", release_key_pems)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session (installed by `make system-deps`).
+
+    Without root (so nothing can be installed) and no PostgreSQL, the tests that need it
+    skip with a warning; as root a missing PostgreSQL is a failure.
+    """
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as e:
+        if os.geteuid() != 0:
+            warnings.warn(
+                f"SKIPPING PostgreSQL tests (not root, cannot install): {e}", stacklevel=1
+            )
+            pytest.skip(f"PostgreSQL unavailable without root: {e}")
+        raise
+    yield server
+    server.stop()

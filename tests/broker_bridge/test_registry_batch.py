@@ -5,16 +5,14 @@ a time, a few statements each), kept here as the specification: for any
 sequence of events, cut into batches anyhow, the batched registry must leave
 the devices, install rows and history exactly as the reference does.
 
-Everything here runs on SQLite and on a real PostgreSQL (a throwaway cluster of
-this module's own, as tests/support/postgres.py makes them).
+Everything here runs on SQLite and on a real PostgreSQL (the session's throwaway
+cluster, `postgres_server` in tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +35,7 @@ from ota_core.store.devices import (
 )
 from ota_core.store.rollouts import rollout_ids_for
 from ota_core.store.schema import device_events, device_installs, devices, rollouts
-from tests.support.postgres import PostgresServer, PostgresUnavailable, start_postgres
+from tests.support.postgres import PostgresServer
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -45,44 +43,74 @@ T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 # -- the former implementation, event by event ------------------------------------------
 
 
-def _event(conn: Connection, device_id: str, at: float, kind: str, build: str | None,
-           state: str | None, detail: str | None) -> None:
-    conn.execute(insert(device_events).values(
-        device_id=device_id, at=at, kind=kind, build_id=build, state=state, detail=detail))
+def _event(
+    conn: Connection,
+    device_id: str,
+    at: float,
+    kind: str,
+    build: str | None,
+    state: str | None,
+    detail: str | None,
+) -> None:
+    conn.execute(
+        insert(device_events).values(
+            device_id=device_id, at=at, kind=kind, build_id=build, state=state, detail=detail
+        )
+    )
 
 
 def _record_offer(conn: Connection, device_id: str, build_id: str, at: float) -> bool:
-    current = conn.execute(select(device_installs.c.state).where(and_(
-        device_installs.c.device_id == device_id, device_installs.c.build_id == build_id
-    ))).first()
+    current = conn.execute(
+        select(device_installs.c.state).where(
+            and_(device_installs.c.device_id == device_id, device_installs.c.build_id == build_id)
+        )
+    ).first()
     if current is not None:
         return False
     rollout = rollout_ids_for(conn, [build_id]).get(build_id)
-    conn.execute(insert(device_installs).values(
-        device_id=device_id, build_id=build_id, state="offered",
-        rollout_id=rollout[0] if rollout else None, stage_index=rollout[1] if rollout else None,
-        offered_at=at, updated_at=at))
+    conn.execute(
+        insert(device_installs).values(
+            device_id=device_id,
+            build_id=build_id,
+            state="offered",
+            rollout_id=rollout[0] if rollout else None,
+            stage_index=rollout[1] if rollout else None,
+            offered_at=at,
+            updated_at=at,
+        )
+    )
     _event(conn, device_id, at, "offer", build_id, None, None)
     return True
 
 
 def _advance(conn: Connection, device_id: str, report: StatusReport, at: float) -> bool:
-    key = and_(device_installs.c.device_id == device_id,
-               device_installs.c.build_id == report.build_id)
+    key = and_(
+        device_installs.c.device_id == device_id, device_installs.c.build_id == report.build_id
+    )
     row = conn.execute(select(device_installs.c.state).where(key)).first()
     if row is None:
         rollout = rollout_ids_for(conn, [report.build_id]).get(report.build_id)
-        conn.execute(insert(device_installs).values(
-            device_id=device_id, build_id=report.build_id, state=report.state.value,
-            rollout_id=rollout[0] if rollout else None,
-            stage_index=rollout[1] if rollout else None,
-            offered_at=at, updated_at=at, detail=report.detail))
+        conn.execute(
+            insert(device_installs).values(
+                device_id=device_id,
+                build_id=report.build_id,
+                state=report.state.value,
+                rollout_id=rollout[0] if rollout else None,
+                stage_index=rollout[1] if rollout else None,
+                offered_at=at,
+                updated_at=at,
+                detail=report.detail,
+            )
+        )
         return True
     new_state = next_install_state(row[0], report.state)
     if new_state is None:
         return False
-    conn.execute(update(device_installs).where(key).values(
-        state=new_state, updated_at=at, detail=report.detail))
+    conn.execute(
+        update(device_installs)
+        .where(key)
+        .values(state=new_state, updated_at=at, detail=report.detail)
+    )
     return True
 
 
@@ -94,8 +122,11 @@ def _apply_one(conn: Connection, event: RegistryEvent) -> None:
     values: dict[str, Any]
     if isinstance(event, OfferPushed):
         if _record_offer(conn, event.device_id, event.build_id, at) and exists:
-            conn.execute(devices.update().where(devices.c.device_id == event.device_id)
-                         .values(last_offered_build=event.build_id))
+            conn.execute(
+                devices.update()
+                .where(devices.c.device_id == event.device_id)
+                .values(last_offered_build=event.build_id)
+            )
         return
     if isinstance(event, AnnouncementSeen):
         ann = event.announcement
@@ -107,28 +138,43 @@ def _apply_one(conn: Connection, event: RegistryEvent) -> None:
             if value is not None or not exists:
                 values[name] = value
         _event(conn, event.device_id, at, "announce", ann.build_id, None, None)
-        conn.execute(update(device_installs).where(and_(
-            device_installs.c.device_id == event.device_id,
-            device_installs.c.build_id == ann.build_id,
-            device_installs.c.state != "installed",
-        )).values(state="installed", updated_at=at, detail="announced running this build"))
+        conn.execute(
+            update(device_installs)
+            .where(
+                and_(
+                    device_installs.c.device_id == event.device_id,
+                    device_installs.c.build_id == ann.build_id,
+                    device_installs.c.state != "installed",
+                )
+            )
+            .values(state="installed", updated_at=at, detail="announced running this build")
+        )
         if event.offered_build is not None and event.offered_build != ann.build_id:
             _record_offer(conn, event.device_id, event.offered_build, at)
     else:
         report = event.report
-        _event(conn, event.device_id, at, "status", report.build_id, report.state.value,
-               report.detail)
+        _event(
+            conn, event.device_id, at, "status", report.build_id, report.state.value, report.detail
+        )
         if not _advance(conn, event.device_id, report, at):
             if exists:
-                conn.execute(devices.update().where(devices.c.device_id == event.device_id)
-                             .values(last_seen=event.at))
+                conn.execute(
+                    devices.update()
+                    .where(devices.c.device_id == event.device_id)
+                    .values(last_seen=event.at)
+                )
             return
-        values = {"last_seen": event.at, "last_state": report.state.value,
-                  "last_state_build": report.build_id, "last_detail": report.detail,
-                  "last_status_at": event.at}
+        values = {
+            "last_seen": event.at,
+            "last_state": report.state.value,
+            "last_state_build": report.build_id,
+            "last_detail": report.detail,
+            "last_status_at": event.at,
+        }
     if exists:
-        conn.execute(devices.update().where(devices.c.device_id == event.device_id)
-                     .values(**values))
+        conn.execute(
+            devices.update().where(devices.c.device_id == event.device_id).values(**values)
+        )
     else:
         conn.execute(devices.insert().values(device_id=event.device_id, **values))
 
@@ -145,13 +191,22 @@ def reference_apply(database: Database, events: Sequence[RegistryEvent]) -> None
 def snapshot(database: Database) -> dict[str, list[tuple[Any, ...]]]:
     with database.engine.connect() as conn:
         return {
-            "devices": [tuple(r) for r in conn.execute(
-                select(devices).order_by(devices.c.device_id))],
-            "installs": [tuple(r) for r in conn.execute(select(device_installs).order_by(
-                device_installs.c.device_id, device_installs.c.build_id))],
+            "devices": [
+                tuple(r) for r in conn.execute(select(devices).order_by(devices.c.device_id))
+            ],
+            "installs": [
+                tuple(r)
+                for r in conn.execute(
+                    select(device_installs).order_by(
+                        device_installs.c.device_id, device_installs.c.build_id
+                    )
+                )
+            ],
             # ids differ in value between databases only if the order differs: compare order
-            "history": [tuple(r)[1:] for r in conn.execute(
-                select(device_events).order_by(device_events.c.id))],
+            "history": [
+                tuple(r)[1:]
+                for r in conn.execute(select(device_events).order_by(device_events.c.id))
+            ],
         }
 
 
@@ -163,23 +218,19 @@ def clear(database: Database) -> None:
 
 def add_rollout(database: Database, build_id: str, stage_index: int) -> None:
     with database.engine.begin() as conn:
-        conn.execute(insert(rollouts).values(
-            build_id=build_id, stages="[10.0, 50.0, 100.0]", stage_index=stage_index,
-            state="active", failure_threshold_percent=10.0, failure_min_count=5,
-            stage_started_at=0.0, created_at=0.0, updated_at=0.0))
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    try:
-        server = start_postgres()
-    except PostgresUnavailable as e:
-        if os.geteuid() != 0:
-            warnings.warn(f"SKIPPING PostgreSQL registry tests: {e}", stacklevel=1)
-            pytest.skip(f"PostgreSQL unavailable without root: {e}")
-        raise
-    yield server
-    server.stop()
+        conn.execute(
+            insert(rollouts).values(
+                build_id=build_id,
+                stages="[10.0, 50.0, 100.0]",
+                stage_index=stage_index,
+                state="active",
+                failure_threshold_percent=10.0,
+                failure_min_count=5,
+                stage_started_at=0.0,
+                created_at=0.0,
+                updated_at=0.0,
+            )
+        )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -189,7 +240,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         folder: Path = tmp_path_factory.mktemp("registry-batch")
         names = iter(range(1_000))
         return lambda: f"sqlite:///{folder / f'db{next(names)}.sqlite3'}"
-    server: PostgresServer = request.getfixturevalue("postgres")
+    server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.new_database
 
 
@@ -216,13 +267,16 @@ def events(draw: st.DrawFn) -> RegistryEvent:
     if kind == "announce":
         version = draw(st.none() | st.sampled_from(["1.0.0", "2.0.0"]))
         announcement = Announcement(
-            build_id=draw(BUILDS), version=version,
-            hardware=draw(OPTIONAL), channel=draw(OPTIONAL),
+            build_id=draw(BUILDS),
+            version=version,
+            hardware=draw(OPTIONAL),
+            channel=draw(OPTIONAL),
         )
         return AnnouncementSeen(device, announcement, draw(st.none() | BUILDS), at)
     if kind == "status":
         report = StatusReport(
-            state=draw(st.sampled_from(list(DeviceState))), build_id=draw(BUILDS),
+            state=draw(st.sampled_from(list(DeviceState))),
+            build_id=draw(BUILDS),
             detail=draw(st.none() | st.sampled_from(["disk", "ok"])),
         )
         return StatusSeen(device, report, at)
@@ -259,19 +313,27 @@ def test_claim_offers_records_each_pair_once_and_returns_only_new_claims(
     registry = DeviceRegistry(db)
     ann = Announcement(build_id="b1", version="1.0.0")
     registry.apply([AnnouncementSeen("d1", ann, "b2", T0)])  # answered: offered b2
-    pushes = [OfferPushed("d1", "b2", T0), OfferPushed("d2", "b2", T0),
-              OfferPushed("d1", "b3", T0), OfferPushed("d1", "b3", T0)]
+    pushes = [
+        OfferPushed("d1", "b2", T0),
+        OfferPushed("d2", "b2", T0),
+        OfferPushed("d1", "b3", T0),
+        OfferPushed("d1", "b3", T0),
+    ]
     claimed = registry.claim_offers(pushes)
     assert claimed == [OfferPushed("d2", "b2", T0), OfferPushed("d1", "b3", T0)]
     assert registry.claim_offers(pushes) == []
     record = registry.get("d1")
     assert record is not None and record.last_offered_build == "b3"
     assert registry.get("d2") is None  # a push never creates a device row
-    installs = {(i["build_id"], i["state"], i["rollout_id"] is not None, i["stage_index"])
-                for i in registry.installs("d1")}
+    installs = {
+        (i["build_id"], i["state"], i["rollout_id"] is not None, i["stage_index"])
+        for i in registry.installs("d1")
+    }
     assert installs == {("b2", "offered", False, None), ("b3", "offered", True, 1)}
     assert registry.existing_installs(["d1", "d2", "d3"], ["b2", "b3"]) == {
-        ("d1", "b2"), ("d2", "b2"), ("d1", "b3")
+        ("d1", "b2"),
+        ("d2", "b2"),
+        ("d1", "b3"),
     }
 
 
@@ -305,8 +367,10 @@ def test_known_devices_pages_through_announced_devices(
     clear(db)
     registry = DeviceRegistry(db)
     registry.apply(
-        [AnnouncementSeen(f"d{n:03d}", Announcement(build_id="b1", channel="c"), None, T0)
-         for n in range(25)]
+        [
+            AnnouncementSeen(f"d{n:03d}", Announcement(build_id="b1", channel="c"), None, T0)
+            for n in range(25)
+        ]
         + [StatusSeen("s-only", StatusReport(state=DeviceState.FAILED, build_id="b1"), T0)]
     )
     seen: list[str] = []
@@ -332,10 +396,18 @@ def test_concurrent_writers_lose_no_event(backend: Any) -> None:
                 batch: list[RegistryEvent] = []
                 for device_id in device_ids[start : start + 40]:
                     at = T0 + timedelta(seconds=index)
-                    batch.append(AnnouncementSeen(
-                        device_id, Announcement(build_id="b1", version="1.0.0"), "b2", at))
-                    batch.append(StatusSeen(
-                        device_id, StatusReport(state=DeviceState.DOWNLOADING, build_id="b2"), at))
+                    batch.append(
+                        AnnouncementSeen(
+                            device_id, Announcement(build_id="b1", version="1.0.0"), "b2", at
+                        )
+                    )
+                    batch.append(
+                        StatusSeen(
+                            device_id,
+                            StatusReport(state=DeviceState.DOWNLOADING, build_id="b2"),
+                            at,
+                        )
+                    )
                 registries[index].apply(batch)
         except BaseException as e:  # reported below, with the assertion
             errors.append(e)

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +8,7 @@ import pytest
 from ota_core.catalog import Catalog, sign_release
 from ota_core.models import Release
 from ota_core.signing import ReleaseSigner, generate_release_key
-from tests.support.postgres import PostgresServer, PostgresUnavailable, start_postgres
+from tests.support.postgres import PostgresServer
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -63,22 +60,6 @@ def catalog(signer: ReleaseSigner) -> Catalog:
         ],
         revision=7,
     )
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One throwaway PostgreSQL cluster for the session (installed by `make system-deps`)."""
-    try:
-        server = start_postgres()
-    except PostgresUnavailable as e:
-        if os.geteuid() != 0:
-            warnings.warn(
-                f"SKIPPING PostgreSQL store tests (not root, cannot install): {e}", stacklevel=1
-            )
-            pytest.skip(f"PostgreSQL unavailable without root: {e}")
-        raise
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
