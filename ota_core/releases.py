@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ota_core.catalog import Catalog, sign_release
-from ota_core.errors import InvalidInput, OtaError
+from ota_core.errors import OtaError
 from ota_core.identifiers import check_filename
 from ota_core.models import Release
 from ota_core.package_files import PackageFolder
@@ -157,9 +157,3 @@ class ReleaseService:
 def export_metadata(catalog: Catalog) -> dict[str, dict[str, str]]:
     """The seed's ``metadata.json`` shape: ``{build_id: {version, filename}}``."""
     return {r.build_id: {"version": r.version, "filename": r.filename} for r in catalog}
-
-
-def require_text(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{name} is required")
-    return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -99,7 +99,3 @@ class ReleaseStore:
         except SQLAlchemyError as e:
             raise ServiceUnavailable(f"database unavailable: {e}") from e
         return _to_release(row)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
