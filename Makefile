@@ -5,6 +5,7 @@
 #   OTA_MQTT_PORT=18830 OTA_HTTP_PORT=18000 make run   (OTA_* variables pass through)
 #   make test                                  also installs Mosquitto with apt if missing
 #   make lint                                  ruff + mypy (strict); not part of `make test`
+#   make bench                                 the benchmark suite (bench/, ~15 min), writes bench/RESULTS.md
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,9 @@ INSTALL_STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: venv install system-deps run test lint
+.PHONY: venv install system-deps run test lint bench
+BENCH_STAMP := $(VENV)/.bench-stamp
+BENCH_ARGS ?=
 
 venv: $(VENV)/pyvenv.cfg
 
@@ -46,6 +49,15 @@ run: install
 
 test: install system-deps
 	$(VENV_BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+$(BENCH_STAMP): pyproject.toml $(INSTALL_STAMP)
+	$(VENV_BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev,bench]'
+	@touch $@
+
+# By hand only, never in CI: it saturates the machine for ~15 minutes.
+bench: $(BENCH_STAMP)
+	@scripts/system-deps.sh mosquitto postgresql nginx
+	$(VENV_BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Fast (about a second), but deliberately not a prerequisite of `test`: a style finding
 # should not hide test results. CI can run `make lint test`.

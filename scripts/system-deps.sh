@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages `make test` needs, only when they are missing.
 #
-# Usage: scripts/system-deps.sh [mosquitto] [postgresql] [chromium] [venv]
+# Usage: scripts/system-deps.sh [mosquitto] [postgresql] [chromium] [nginx] [venv]
 #   mosquitto   the Mosquitto broker (the end-to-end tests start their own on free ports)
 #   postgresql  PostgreSQL server binaries (the store tests initdb a throwaway cluster)
 #   chromium    Debian's Chromium, driven by Playwright in the admin browser tests
+#   nginx       nginx, the downloads ceiling of the benchmark (`make bench` only)
 #   venv       python3-venv, so `$PYTHON -m venv` works with Debian's /usr/bin/python3
 #
 # Runs `apt-get update` at most once, uses sudo when not root, and prints the exact
@@ -26,6 +27,10 @@ have_chromium() {
     test -x /usr/bin/chromium
 }
 
+have_nginx() {
+    command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx
+}
+
 have_venv() {
     # Debian splits ensurepip out of python3; pyenv and python.org builds have it.
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1
@@ -36,6 +41,7 @@ for want in "$@"; do
         mosquitto) have_mosquitto || missing+=(mosquitto) ;;
         postgresql) have_postgresql || missing+=(postgresql) ;;
         chromium) have_chromium || missing+=(chromium) ;;
+        nginx) have_nginx || missing+=(nginx) ;;
         venv)
             if ! have_venv; then
                 minor="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
@@ -84,6 +90,10 @@ for pkg in "${missing[@]}"; do
     if [ "$pkg" = postgresql ]; then
         # The tests run their own throwaway clusters; Debian's default one is not needed.
         "${as_root[@]}" service postgresql stop >/dev/null 2>&1 || true
+    fi
+    if [ "$pkg" = nginx ]; then
+        # The benchmark runs its own nginx on a free port; the system one would hold port 80.
+        "${as_root[@]}" service nginx stop >/dev/null 2>&1 || true
     fi
 done
 
