@@ -1,249 +1,342 @@
-"""Rough announce→offer throughput: the bridge vs a do-nothing paho responder, via Mosquitto.
+"""Section 1: announce -> offer throughput and latency, the bridge vs a do-nothing responder.
 
-usage: .venv/bin/python /tmp/bench/announce_bench.py [--n 20000] [--devices 1000] [--pubs 2]
-Run from the repo root (uses tests.support.mosquitto to start the repo's mosquitto.conf).
+Load: the simulated fleet of :mod:`bench.loadgen` (real MQTT connections on the
+device simulator's network loop, split over ``LOAD_PROCESSES`` processes) sends a
+burst of 20,000 announcements at QoS 1; a configuration is
+
+* 1,000 devices, one connection each;
+* 200 devices, one connection each;
+* one connection per load process publishing for many ids (1,000 ids in all).
+
+Product: a real ``ota bridge`` process as shipped (SQLite registry, Ed25519
+envelopes, reply cache), with the per-device rate limit off — the burst sends
+20 to 100 announcements per device, which the default limit (2/s, burst 20)
+would rightly drop. Ceiling: a do-nothing paho-mqtt responder that answers each
+announcement on the device's offer topic with a payload of the same size as a
+real offer (echoing the request id, so latency is matched the same way). Same
+Mosquitto (the repo's mosquitto.conf), same load processes, alternating rounds.
+
+Latency: the same fleet at a fixed offered rate of half the ceiling's median
+throughput, for ``PACED_SECONDS``; p50/p99 of announce -> offer for both.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing as mp
 import os
-import socket
-import sys
-import tempfile
-import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
-sys.path.insert(0, os.getcwd())
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from bench.common import BenchContext, CpuMeter, Result, add_cpu, percentile
+from bench.loadgen import PREFIX, request_id_of, serve
+from ota_core.keyfiles import ensure_offer_key, load_signer
+from ota_core.releases import ReleaseRequest
+from ota_core.services import Services
+from tests.e2e.processes import OtaProcess, ota_env
+from tests.support.mosquitto import MosquittoServer
+from tests.support.ota_dirs import OtaDirs
 
-PREFIX = "ota/v1"
+BURST = 20_000
+LOAD_PROCESSES = 4
+PACED_SECONDS = 8.0
+SETTLE_SECONDS = 10.0
 
 
-def nodelay(_c, _u, sock):
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+@dataclass(frozen=True)
+class FleetShape:
+    label: str
+    devices: int
+    mode: str  # "per-device" | "shared"
 
 
-def client(cid, protocol="3.1.1", inflight=None):
-    c = mqtt.Client(
+SHAPES = (
+    FleetShape("1,000 devices, 1,000 connections", 1000, "per-device"),
+    FleetShape("200 devices, 200 connections", 200, "per-device"),
+    FleetShape(f"1,000 ids over {LOAD_PROCESSES} connections", 1000, "shared"),
+)
+
+
+# -- the fleet ------------------------------------------------------------------
+
+
+class Fleet:
+    """``LOAD_PROCESSES`` load processes holding the fleet's connections."""
+
+    def __init__(self, host: str, port: int, shape: FleetShape, processes: int = LOAD_PROCESSES) -> None:
+        ctx = mp.get_context("spawn")
+        run = uuid.uuid4().hex[:4]
+        ids = [f"bench{run}-d{i:05d}" for i in range(shape.devices)]
+        self.pipes: list[Connection] = []
+        self.procs: list[Any] = []
+        for k in range(processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=serve,
+                args=(child, host, port, ids[k::processes], shape.mode, f"L{k}"),
+                daemon=True,
+            )
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+        for pipe in self.pipes:
+            if not pipe.poll(120):
+                raise RuntimeError("a load process did not connect within 120 s")
+            reply = pipe.recv()
+            if reply[0] != "ready":
+                raise RuntimeError(f"load process failed: {reply}")
+
+    def watch(self, meter: CpuMeter) -> None:
+        for k, proc in enumerate(self.procs):
+            meter.watch(f"load process {k + 1}/{len(self.procs)}", proc.pid)
+
+    def command(self, name: str, *args: Any) -> list[dict[str, Any]]:
+        for pipe in self.pipes:
+            pipe.send((name, args))
+        replies = []
+        for pipe in self.pipes:
+            if not pipe.poll(600):
+                raise RuntimeError(f"load process gave no answer to {name}")
+            reply = pipe.recv()
+            if isinstance(reply, tuple):
+                raise RuntimeError(f"load process failed: {reply}")
+            replies.append(reply)
+        return replies
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with suppress(OSError):
+                pipe.send(("stop", ()))
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def burst_rate(replies: list[dict[str, Any]]) -> tuple[float, int, int]:
+    """(answers/s from the first send to the last answer, answers, sent)."""
+    received = sum(r["received"] for r in replies)
+    sent = sum(r["sent"] for r in replies)
+    start = min(r["started"] for r in replies)
+    last = max(r["last"] for r in replies if r["received"]) if received else start
+    return (received / (last - start) if received and last > start else 0.0), received, sent
+
+
+# -- the responders ---------------------------------------------------------------
+
+
+def _do_nothing_responder(conn: Connection, host: str, port: int, size: int, protocol: str) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from bench.loadgen import _nodelay_socket
+
+    client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=cid,
+        client_id=f"ceiling-{uuid.uuid4().hex[:6]}",
         protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
     )
-    c.on_socket_open = nodelay
-    if inflight:
-        c.max_inflight_messages_set(inflight)
-    return c
+    client.on_socket_open = _nodelay_socket
+    client.max_inflight_messages_set(100)  # as the bridge
+    pad = b"x" * size
+
+    def on_message(c: Any, _u: Any, message: Any) -> None:
+        device = message.topic.split("/")[3]
+        rid = (request_id_of(message.payload) or "").encode()
+        head = b'{"request_id":"' + rid + b'","pad":"'
+        body = head + pad[: max(0, size - len(head) - 2)] + b'"}'
+        c.publish(f"{PREFIX}/devices/{device}/offer", body, qos=1)
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: conn.send("ready")
+    client.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/devices/+/announce", qos=1)
+    client.connect(host, port)
+    client.loop_start()
+    conn.recv()  # stop
+    client.disconnect()
+    client.loop_stop()
 
 
-def do_nothing_responder(port, payload_size, ready, stop, protocol, inflight):
-    payload = b"x" * payload_size
-    c = client("ceiling", protocol, inflight)
-
-    def on_message(cl, u, m):
-        device = m.topic.split("/")[3]
-        cl.publish(f"{PREFIX}/devices/{device}/offer", payload, qos=1)
-
-    c.on_message = on_message
-    c.on_subscribe = lambda *a: ready.set()
-    c.connect("127.0.0.1", port)
-    c.subscribe(f"{PREFIX}/devices/+/announce", qos=1)
-    c.loop_start()
-    stop.wait()
-    c.disconnect()
-    c.loop_stop()
-
-
-def bridge_responder(port, workdir, ready, stop, protocol):
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    from broker_bridge.bridge import Bridge
-    from ota_core.keyfiles import ensure_release_keys
-    from ota_core.releases import ReleaseRequest
-    from ota_core.services import Services
-    from ota_core.settings import Settings
-
-    root = Path(workdir)
-    ensure_release_keys(root / "keys")
-    if os.environ.get("SEALED"):
-        from ota_core.keyfiles import ensure_offer_key, load_signer
-
-        ensure_offer_key(root / "keys", load_signer(root / "keys"))
-    s = Settings(
-        data_dir=root / "data",
-        keys_dir=root / "keys",
-        packages_dir=root / "packages",
-        broker_url=f"mqtt://127.0.0.1:{port}",
-        mqtt_protocol=protocol,
-        mqtt_client_id=f"bridge-{uuid.uuid4().hex[:6]}",
+@contextmanager
+def do_nothing_responder(broker: MosquittoServer, size: int, meter: CpuMeter | None = None, host: str = "127.0.0.1", port: int | None = None) -> Iterator[None]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=_do_nothing_responder,
+        args=(child, host, port or broker.port, size, "3.1.1"),
+        daemon=True,
     )
-    services = Services.from_settings(s)
-    if not len(services.catalog.current):
-        services.releases.add_upload(
-            ReleaseRequest("build-2", "2.0.0", "fw-2.bin"), [b"f" * 100000], 10**7
-        )
-        services.catalog.refresh()
-    if os.environ.get("NOREG"):
-        services.registry.apply = lambda batch: None
-    if os.environ.get("INFLIGHT"):
-        import broker_bridge.bridge as bb
-
-        bb.MAX_INFLIGHT_OFFERS = int(os.environ["INFLIGHT"])
-    b = Bridge(s, services)
-    b.start()
-    assert b.wait_ready(20)
-    ready.set()
-    stop.wait()
-    b.stop()
-    print(
-        "bridge stats",
-        b.stats.snapshot(),
-        "registry rows",
-        len(services.registry.all()),
-        flush=True,
-    )
-    services.close()
-
-
-def collector(port, n, result_q, ready):
-    got = 0
-    first = last = None
-    c = client(f"collector-{uuid.uuid4().hex[:6]}")
-    import threading
-
-    finished = threading.Event()
-    sizes = []
-
-    def on_message(cl, u, m):
-        nonlocal got, first, last
-        now = time.time()
-        if first is None:
-            first = now
-            sizes.append(len(m.payload))
-        got += 1
-        last = now
-        if got >= n:
-            finished.set()
-
-    c.on_message = on_message
-    c.on_subscribe = lambda *a: ready.set()
-    c.connect("127.0.0.1", port)
-    c.subscribe(f"{PREFIX}/devices/+/offer", qos=1)
-    c.loop_start()
-    # stop when all arrived, or nothing new for 10 s
-    seen = -1
-    while not finished.wait(10):
-        if got == seen:
-            break
-        seen = got
-    c.disconnect()
-    c.loop_stop()
-    result_q.put((got, first, last, sizes[:1]))
-
-
-def publisher(port, k, n, devices, start_q, go):
-    c = client(f"pub-{k}-{uuid.uuid4().hex[:6]}", inflight=1000)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    build = os.environ.get("ANNOUNCE_BUILD", "build-1")
-    payloads = [
-        json.dumps({"build_id": build, "version": "1.0.0", "request_id": f"r{i}"}).encode()
-        for i in range(200)
-    ]
-    go.wait()
-    start_q.put(time.time())
-    infos = []
-    for i in range(n):
-        d = f"p{k}-d{i % devices}"
-        infos.append(c.publish(f"{PREFIX}/devices/{d}/announce", payloads[i % 200], qos=1))
-    for info in infos[-1:]:
-        info.wait_for_publish(120)
-    time.sleep(0.5)
-    c.disconnect()
-    c.loop_stop()
-
-
-def run(kind, port, args, workdir):
-    ctx = mp.get_context("fork")
-    ready, stop, go = ctx.Event(), ctx.Event(), ctx.Event()
-    if kind == "ceiling":
-        resp = ctx.Process(
-            target=do_nothing_responder,
-            args=(port, args.payload, ready, stop, args.protocol, args.ceiling_inflight),
-        )
-    else:
-        resp = ctx.Process(
-            target=bridge_responder, args=(port, workdir, ready, stop, args.protocol)
-        )
-    resp.start()
-    assert ready.wait(60)
-    result_q, start_q, cready = ctx.Queue(), ctx.Queue(), ctx.Event()
-    col = ctx.Process(target=collector, args=(port, args.n, result_q, cready))
-    col.start()
-    assert cready.wait(20)
-    per = args.n // args.pubs
-    pubs = [
-        ctx.Process(target=publisher, args=(port, k, per, args.devices // args.pubs, start_q, go))
-        for k in range(args.pubs)
-    ]
-    for p in pubs:
-        p.start()
-    time.sleep(1.0)
-    go.set()
-    starts = [start_q.get(timeout=60) for _ in pubs]
-    got, _first, last, sizes = result_q.get(timeout=600)
-    for p in pubs:
-        p.join()
-    col.join()
-    stop.set()
-    resp.join(60)
-    start = min(starts)
-    rate = got / (last - start) if got else 0
-    print(
-        f"{kind:8s} offers={got}/{args.n} time={last - start:.2f}s rate={rate:,.0f}/s offer_bytes={sizes}",
-        flush=True,
-    )
-    return rate
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--devices", type=int, default=1000)
-    ap.add_argument("--pubs", type=int, default=2)
-    ap.add_argument("--payload", type=int, default=1650)
-    ap.add_argument("--protocol", default="3.1.1")
-    ap.add_argument("--ceiling-inflight", type=int, default=0, help="0 = paho default (20)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="")
-    args = ap.parse_args()
-    from tests.support.mosquitto import start_mosquitto
-
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    broker = start_mosquitto(work / "mosquitto", extra_options=["max_queued_messages 1000000"])
+    proc.start()
+    if not parent.poll(30):
+        proc.kill()
+        raise RuntimeError("the do-nothing responder did not subscribe")
+    parent.recv()
+    if meter is not None:
+        meter.watch("ceiling responder", proc.pid)
     try:
-        res = {"ceiling": [], "bridge": []}
-        for _r in range(args.rounds):
-            for kind in ("ceiling", "bridge"):
-                if args.only and kind != args.only:
-                    continue
-                res[kind].append(run(kind, broker.port, args, work / "ota"))
-        for k, v in res.items():
-            if v:
-                v.sort()
-                print(k, "median", f"{v[len(v) // 2]:,.0f}/s", "all", [round(x) for x in v])
-        if res["ceiling"] and res["bridge"]:
-            c = sorted(res["ceiling"])[len(res["ceiling"]) // 2]
-            b = sorted(res["bridge"])[len(res["bridge"]) // 2]
-            print(f"ratio bridge/ceiling = {b / c:.2f}")
+        yield
     finally:
-        broker.stop()
+        parent.send("stop")
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+
+
+def prepare_ota(ctx: BenchContext, name: str) -> OtaDirs:
+    """Keys (release + offer key), one release "build-2" 2.0.0 offered to build-1 devices."""
+    dirs = ctx.ota_dirs(name)
+    ensure_offer_key(dirs.keys_dir, load_signer(dirs.keys_dir))
+    services = Services.from_settings(dirs.settings(log_level="WARNING"))
+    try:
+        services.releases.add_upload(
+            ReleaseRequest("build-2", "2.0.0", "fw-2.bin"), [os.urandom(100_000)], 10**7
+        )
+    finally:
+        services.close()
+    return dirs
+
+
+@contextmanager
+def bridge_process(dirs: OtaDirs, broker: MosquittoServer, meter: CpuMeter | None = None, **extra: str) -> Iterator[OtaProcess]:
+    env = ota_env(
+        dirs.env(
+            broker_url=broker.url,
+            device_rate_limit="0",
+            log_level="INFO",
+            mqtt_client_id=f"bench-bridge-{uuid.uuid4().hex[:6]}",
+            **extra,
+        )
+    )
+    proc = OtaProcess(["bridge"], env, dirs.root)
+    try:
+        proc.wait_for_line("bridge subscribed", timeout=60)
+        if meter is not None:
+            meter.watch("bridge", proc.proc.pid)
+        yield proc
+    finally:
+        code = proc.stop()
+        if code not in (0, -15):
+            print(f"  bridge exited {code}:\n" + "\n".join(proc.lines[-20:]), flush=True)
+
+
+def offer_size(dirs: OtaDirs, broker: MosquittoServer) -> int:
+    """Bytes of a real offer (the ceiling answers with the same size)."""
+    from tests.support import MqttProbe
+
+    with bridge_process(dirs, broker):
+        probe = MqttProbe(broker.url)
+        try:
+            probe.subscribe(f"{PREFIX}/devices/size-probe/offer")
+            probe.publish(
+                f"{PREFIX}/devices/size-probe/announce",
+                b'{"build_id":"build-1","version":"1.0.0","request_id":"size"}',
+            )
+            return len(probe.expect(30).payload)
+        finally:
+            probe.close()
+
+
+# -- the section --------------------------------------------------------------------
+
+
+Responder = Callable[[CpuMeter], Any]
+
+
+def measure_burst(fleet: Fleet, responder: Responder, broker: MosquittoServer, burst: int) -> tuple[float, dict[str, float], int]:
+    meter = CpuMeter()
+    fleet.watch(meter)
+    meter.watch("mosquitto", broker.pid or 0)
+    with responder(meter):
+        meter.start()
+        replies = fleet.command("burst", burst // len(fleet.pipes), SETTLE_SECONDS)
+        cpu = meter.stop()
+    rate, received, sent = burst_rate(replies)
+    return rate, cpu, sent - received
+
+
+def measure_paced(fleet: Fleet, responder: Responder, rate: float, seconds: float) -> tuple[list[float], int]:
+    with responder(CpuMeter()):
+        replies = fleet.command("paced", rate / len(fleet.pipes), seconds, SETTLE_SECONDS)
+    latencies = [x * 1000 for r in replies for x in r["latencies"]]
+    lost = sum(r["sent"] - r["received"] for r in replies)
+    return latencies, lost
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    burst = 2_000 if ctx.quick else BURST
+    paced_seconds = 2.0 if ctx.quick else PACED_SECONDS
+    results: list[Result] = []
+    with ctx.mosquitto("mosquitto-announce") as broker:
+        dirs = prepare_ota(ctx, "announce")
+        size = offer_size(dirs, broker)
+        print(f"  offer size {size} bytes", flush=True)
+
+        def ceiling(meter: CpuMeter) -> Any:
+            return do_nothing_responder(broker, size, meter)
+
+        def product(meter: CpuMeter) -> Any:
+            return bridge_process(dirs, broker, meter)
+
+        for shape in SHAPES:
+            fleet = Fleet("127.0.0.1", broker.port, shape)
+            try:
+                result = Result(
+                    "announce", f"throughput, {shape.label}", "offers/s", [], [],
+                    goal=">= 0.8 x ceiling", goal_ratio=0.8,
+                )
+                lost_total = 0
+                for _round in range(ctx.rounds):
+                    for kind, responder in (("ceiling", ceiling), ("product", product)):
+                        rate, cpu, lost = measure_burst(fleet, responder, broker, burst)
+                        getattr(result, kind).append(rate)
+                        add_cpu(result.cpu, {f"{kind}: {k}": v for k, v in cpu.items()})
+                        if kind == "product":
+                            lost_total += lost
+                        print(f"    {shape.label} {kind}: {rate:,.0f}/s lost={lost}", flush=True)
+                result.notes = (
+                    f"burst of {burst:,} QoS 1 announcements; {lost_total} unanswered over "
+                    f"{ctx.rounds} bridge rounds"
+                )
+                results.append(result)
+                if (shape.mode == "per-device" and shape.devices == 1000) or ctx.quick:
+                    results.extend(latency(ctx, fleet, ceiling, product, result, paced_seconds))
+            finally:
+                fleet.close()
+    return results
+
+
+def latency(ctx: BenchContext, fleet: Fleet, ceiling: Responder, product: Responder, throughput: Result, seconds: float) -> list[Result]:
+    rate = 0.5 * (throughput.ceiling_median or 1000.0)
+    p50 = Result("announce", f"latency p50 at {rate:,.0f}/s", "ms", [], [], higher_is_better=False)
+    p99 = Result(
+        "announce", f"latency p99 at {rate:,.0f}/s", "ms", [], [], higher_is_better=False,
+        goal="<= 2 x ceiling p99", goal_ratio=2.0,
+    )
+    samples: dict[str, list[float]] = {"ceiling": [], "bridge": []}
+    lost_total = 0
+    for _round in range(ctx.rounds):
+        for kind, responder in (("ceiling", ceiling), ("product", product)):
+            latencies, lost = measure_paced(fleet, responder, rate, seconds)
+            getattr(p50, kind).append(percentile(latencies, 50))
+            getattr(p99, kind).append(percentile(latencies, 99))
+            samples["ceiling" if kind == "ceiling" else "bridge"].extend(latencies)
+            if kind == "product":
+                lost_total += lost
+            print(
+                f"    paced {rate:,.0f}/s {kind}: p50 {percentile(latencies, 50):.2f} ms "
+                f"p99 {percentile(latencies, 99):.2f} ms lost={lost}",
+                flush=True,
+            )
+    p99.samples = samples
+    p99.notes = (
+        f"{seconds:.0f} s at half the ceiling's burst rate, 1,000 connections; "
+        f"{lost_total} unanswered over {ctx.rounds} bridge rounds"
+    )
+    return [p50, p99]
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit("run through the suite: .venv/bin/python -m bench.run --only announce")

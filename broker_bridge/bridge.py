@@ -6,8 +6,10 @@ Threads, and why there are exactly these:
   and runs the handler right in the ``on_message`` callback — callback-level
   handling is what keeps the bridge near a do-nothing paho responder's
   throughput. Offers are published at QoS 1 without waiting for the PUBACK.
-* one registry writer thread (:class:`~broker_bridge.writer.RegistryWriter`):
-  the callback only queues events, the database is written behind in batches.
+* one registry sender thread: the callback only queues events, and the
+  database is written behind in batches by a child process
+  (:mod:`broker_bridge.writer_process`; ``OTA_REGISTRY_WRITER=thread`` keeps
+  the writer a thread of this process, :class:`~broker_bridge.writer.RegistryWriter`).
 * one small timer thread that refreshes the catalog snapshot every
   ``catalog_poll_seconds`` — the admin side may be another process, and the
   catalog revision in the database is how the two coordinate — follows offer
@@ -70,6 +72,7 @@ from broker_bridge.limits import DeviceRateLimiter, ReplyCache
 from broker_bridge.push import Pusher
 from broker_bridge.supervisor import RolloutSupervisor
 from broker_bridge.writer import RegistryWriter
+from broker_bridge.writer_process import ProcessRegistryWriter
 from ota_core import metrics
 from ota_core.catalog import Catalog
 from ota_core.errors import InvalidInput, OtaError
@@ -197,7 +200,15 @@ class Bridge:
             settings.max_message_bytes,
         )
         self.stats = BridgeStats()
-        self._writer = RegistryWriter(services.registry.apply)
+        self._writer: RegistryWriter | ProcessRegistryWriter
+        if settings.registry_writer == "process":
+            self._writer = ProcessRegistryWriter(
+                services.database.engine.url.render_as_string(hide_password=False),
+                log_level=settings.log_level,
+                log_format=settings.log_format,
+            )
+        else:
+            self._writer = RegistryWriter(services.registry.apply)
         self._limiter = (
             DeviceRateLimiter(settings.device_rate_limit, settings.device_rate_burst)
             if settings.device_rate_limit > 0

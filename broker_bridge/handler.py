@@ -46,6 +46,7 @@ from ota_core.models import (
     load_json_object,
 )
 from ota_core.offers import OfferBuilder
+from ota_core.policy import DeviceFacts, decide
 from ota_core.store.devices import AnnouncementSeen, RegistryEvent, StatusSeen
 from ota_core.topics import DeviceTopic, TopicKind, TopicScheme
 
@@ -158,8 +159,33 @@ class BridgeHandler:
             data = load_json_object(payload, "announcement", self._max_bytes)
             _check_device_matches(data, device_id, "announcement")
             announcement = Announcement.from_mapping(data, "announcement")
-            offer = self._offers.for_announcement(self._catalog(), device_id, announcement)
-            return self._answer(target, announcement, offer, now)
+            facts = DeviceFacts(
+                device_id=device_id,
+                build_id=announcement.build_id,
+                version=announcement.version,
+                hardware=announcement.hardware,
+                channel=announcement.channel,
+            )
+            offers = self._offers
+            try:
+                decision = decide(self._catalog(), facts)
+            except OtaError as e:  # from the policy (unknown build): answered and recorded
+                error = offers.error(device_id, announcement.request_id, e)
+                return self._answer(target, announcement, error, now)
+            release = decision.release
+            if release is None:
+                up_to_date = offers.up_to_date(facts, announcement.request_id, decision)
+                return self._answer(target, announcement, up_to_date, now)
+            # The hot path: an update offer, serialised from the release's template.
+            payload = offers.update_offer_bytes(release, device_id, announcement.request_id)
+            return HandlerResult(
+                Outcome.UPDATE_OFFERED,
+                device_id=device_id,
+                request_id=announcement.request_id,
+                reply=OutgoingMessage(_offer_topic(target), payload),
+                event=AnnouncementSeen(device_id, announcement, release.build_id, now),
+                build_id=release.build_id,
+            )
         except OtaError as e:
             return self._reject(target, readable_request_id(data), e)
         except Exception as e:  # defensive: a bug must cost one reply, not the bridge

@@ -36,7 +36,9 @@ class RegistryWriter:
 
     ``max_batch`` events per transaction; ``linger`` seconds to let a batch
     fill before writing (so a burst costs a few transactions, not thousands);
-    ``max_backlog`` events kept in memory at most (about 1 KB each).
+    ``max_backlog`` events kept in memory at most (about 1 KB each);
+    ``on_written(n)`` is called on the writer thread after each batch of ``n``
+    events is committed.
     """
 
     def __init__(
@@ -48,8 +50,10 @@ class RegistryWriter:
         retry_min: float = 0.5,
         retry_max: float = 10.0,
         max_backlog: int = 50_000,
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
         self._apply = apply
+        self._on_written = on_written
         self._max_batch = max_batch
         self._linger = linger
         self._retry_min = retry_min
@@ -171,6 +175,8 @@ class RegistryWriter:
                 log.info("registry writes recovered events=%d", len(batch))
             delay = self._retry_min
             self._written += len(batch)
+            if self._on_written is not None:
+                self._on_written(len(batch))
             # Keep going without waiting while a backlog is queued.
             batch = self._drain(self._max_batch)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Annotated, Literal, Self
 
 from cryptography.exceptions import InvalidSignature
@@ -49,6 +50,13 @@ CLOCK_SKEW_SECONDS = 300
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@lru_cache(maxsize=64)
+def manifest_digest(manifest: str) -> str:
+    """SHA-256 of a manifest's text (the envelope's ``manifest_sha256``); a release's
+    manifest is the same for every offer, so the digest is computed once per release."""
+    return hashlib.sha256(manifest.encode()).hexdigest()
 
 
 def offer_key_id(key: Ed25519PublicKey) -> str:
@@ -119,19 +127,23 @@ class OfferSigner:
         issued_at: int,
         ttl_seconds: int,
     ) -> tuple[str, str]:
-        """Return (envelope string, hex signature) for one offer."""
-        envelope = OfferEnvelope(
-            device_id=device_id,
-            nonce=nonce,
-            status=status,
-            manifest_sha256=None
-            if manifest is None
-            else hashlib.sha256(manifest.encode()).hexdigest(),
-            issued_at=issued_at,
-            expires_at=issued_at + ttl_seconds,
-            key_id=self.key_id,
+        """Return (envelope string, hex signature) for one offer.
+
+        The bytes are exactly ``OfferEnvelope(...).to_bytes()`` (a test holds the two
+        together), built without the model: this runs once per offer, and the
+        inputs were validated where they came from (topic, announcement, catalog).
+        """
+        raw = canonical_json(
+            {
+                "device_id": device_id,
+                "nonce": nonce,
+                "status": status,
+                "manifest_sha256": None if manifest is None else manifest_digest(manifest),
+                "issued_at": issued_at,
+                "expires_at": issued_at + ttl_seconds,
+                "key_id": self.key_id,
+            }
         )
-        raw = envelope.to_bytes()
         return raw.decode("ascii"), self.private_key.sign(raw).hex()
 
 

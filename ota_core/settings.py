@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     reply_cache_seconds: float = Field(
         30.0, ge=0, description="how long a duplicate announcement gets the same reply; 0: off"
     )
+    registry_writer: Literal["process", "thread"] = Field(
+        "process",
+        description="where the bridge writes the device registry behind its MQTT thread: "
+        "a child process (default: the MQTT thread keeps the GIL) or a thread",
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
