@@ -227,6 +227,7 @@ class Bridge:
                 publish=self._publish_push,
                 rate=settings.push_rate,
                 connected=lambda: self._ready.is_set(),
+                backlog=lambda: self._unacked,
             )
         self.supervisor = RolloutSupervisor(
             RolloutStore(services.database), settings.rollout_check_seconds

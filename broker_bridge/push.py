@@ -11,9 +11,19 @@ device and build).
 
 * It runs on its own thread and never blocks the MQTT callback thread; offers
   go out through paho's thread-safe ``publish`` at QoS 1, without a request id
-  (the envelope's nonce is null: a device tells a push from an answer by that).
-* It is paced (``OTA_PUSH_RATE`` offers/s, a token bucket) so a release to a
-  large fleet does not flood the broker or the devices' network.
+  (the envelope's nonce is null: a device tells a push from an answer by that),
+  and without waiting for each PUBACK: paho keeps its in-flight window full
+  and the pusher stays at most ``MAX_PUSH_BACKLOG`` offers ahead of the broker's
+  acknowledgements, so a large fleet does not pile up in memory.
+* By default it is not paced: a release reaches the fleet as fast as the broker
+  takes it (measured in ``bench/push_fanout.py``). ``OTA_PUSH_RATE`` (offers/s,
+  a token bucket) paces it where the broker or the devices' network must be
+  spared.
+* The per-device work is what must be per device: each offer is claimed in
+  large batches (one transaction per ``claim chunk``), and built from a
+  template made once per release (:class:`OfferTemplate`): the device id and
+  the time go into the envelope, which is signed (Ed25519) for that device;
+  the rest of the offer is the same bytes for every device.
 * A newer revision during a pass abandons the pass and starts a new one from
   the newest catalog: what was pushed already is recorded, so it is not pushed
   again, and every device's offer is decided from the newest catalog.
@@ -40,16 +50,20 @@ it announces, since answers never depend on what was recorded.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from ota_core.catalog import Catalog
 from ota_core.errors import OtaError
-from ota_core.models import DeviceFacts, Release
+from ota_core.models import DeviceFacts, Release, canonical_json
 from ota_core.offers import OfferBuilder
 from ota_core.policy import decide
 from ota_core.store.devices import DeviceRegistry, OfferPushed
@@ -59,9 +73,12 @@ log = logging.getLogger(__name__)
 
 #: Devices read from the registry per page.
 PAGE_SIZE = 1000
-#: Pushes claimed per transaction, at most; fewer at low rates (about 0.2 s of pacing),
+#: Pushes claimed per transaction, at most; fewer when paced (about 0.2 s of pacing),
 #: so claims never run far ahead of the publishes they stand for.
-MAX_CLAIM_CHUNK = 200
+MAX_CLAIM_CHUNK = 1000
+#: Offers published and not yet acknowledged by the broker, at most, before the
+#: pusher waits (paho queues what is beyond its in-flight window in memory).
+MAX_PUSH_BACKLOG = 2000
 RETRY_SECONDS = 2.0
 
 Publish = Callable[[str, bytes], None]
@@ -114,17 +131,25 @@ class Pusher:
         offers: Callable[[], OfferBuilder],
         topics: TopicScheme,
         publish: Publish,
-        rate: float,
+        rate: float = math.inf,
         connected: Callable[[], bool] = lambda: True,
+        backlog: Callable[[], int] | None = None,
     ) -> None:
+        """``rate``: offers per second (``inf``: unpaced). ``backlog``: offers published
+        and not yet acknowledged; the pusher keeps it under ``MAX_PUSH_BACKLOG``."""
         self._registry = registry
         self._catalog = catalog
         self._offers = offers
         self._topics = topics
         self._publish = publish
         self._connected = connected
-        self._pacer = Pacer(rate, burst=rate / 10)
-        self._claim_chunk = max(1, min(MAX_CLAIM_CHUNK, int(rate / 5)))
+        self._backlog = backlog
+        paced = math.isfinite(rate)
+        self._pacer = Pacer(rate, burst=rate / 10) if paced else None
+        self._claim_chunk = (
+            max(1, min(MAX_CLAIM_CHUNK, int(rate / 5))) if paced else MAX_CLAIM_CHUNK
+        )
+        self._templates: dict[str, OfferTemplate] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -265,18 +290,40 @@ class Pusher:
         )
         self.stats.claimed_elsewhere += len(chunk) - len(claimed)
         offers = self._offers()
+        pacer, topics, publish = self._pacer, self._topics, self._publish
+        debug = log.isEnabledFor(logging.DEBUG)
         for push in claimed:
             # Claimed means recorded as offered: publish each, even when stopping (unpaced
             # then), or the device would only learn of it by announcing.
             if not self._stopping.is_set():
-                self._pacer.take(self._stopping)
+                if pacer is not None:
+                    pacer.take(self._stopping)
+                self._wait_backlog()
             release = releases[(push.device_id, push.build_id)]
-            offer = offers.update_offer(release, push.device_id, None)
+            payload = self._template(offers, release).render(push.device_id)
             self.stats.pushed += 1  # counted first: whoever sees the offer sees the count
-            self._publish(str(self._topics.offer(push.device_id)), offer.to_bytes())
-            if log.isEnabledFor(logging.DEBUG):
+            publish(str(topics.offer(push.device_id)), payload)
+            if debug:
                 log.debug("push device_id=%s build_id=%s", push.device_id, push.build_id)
         return len(claimed)
+
+    def _template(self, offers: OfferBuilder, release: Release) -> OfferTemplate:
+        """The release's offer template for this builder (a new one after a key rotation)."""
+        template = self._templates.get(release.build_id)
+        if template is None or not template.fits(offers, release):
+            if len(self._templates) > 100:  # releases come and go: keep only recent ones
+                self._templates.clear()
+            template = self._templates[release.build_id] = OfferTemplate(offers, release)
+        return template
+
+    def _wait_backlog(self) -> None:
+        """Stay at most ``MAX_PUSH_BACKLOG`` offers ahead of the broker's PUBACKs."""
+        backlog = self._backlog
+        if backlog is None or backlog() < MAX_PUSH_BACKLOG:
+            return
+        while backlog() >= MAX_PUSH_BACKLOG and self._connected():
+            if self._stopping.wait(0.002):
+                return
 
     def _wait_connected(self) -> bool:
         """Hold pushes while the broker is away (paho would only pile them up in memory)."""
@@ -284,6 +331,86 @@ class Pusher:
             if self._stopping.wait(0.2):
                 return False
         return True
+
+
+#: The device id a template is made with (a valid id; only ever inside the template).
+_TEMPLATE_DEVICE = "push-template-device"
+
+
+class OfferTemplate:
+    """``offers.update_offer(release, device_id, None).to_bytes()``, fast, for any device.
+
+    A pushed offer differs between devices only in its device id and its
+    envelope (device id, issue and expiry time, then the signature over it).
+    The template is one sample offer made the ordinary way; each device's
+    offer is that sample's envelope with its own id and time, signed, and the
+    sample's other bytes. The template checks itself against the ordinary way
+    when made (Ed25519 signatures are deterministic: the same envelope gives the
+    same bytes); if anything differs (a field added to the offer, say) it
+    falls back to the ordinary way for every device.
+    """
+
+    def __init__(self, offers: OfferBuilder, release: Release) -> None:
+        self.offers = offers
+        self.release = release
+        self._signer = offers.offer_signer
+        self._clock = offers.clock
+        issued = int(offers.clock())
+        sample = dataclasses.replace(offers, clock=lambda: issued).update_offer(
+            release, _TEMPLATE_DEVICE, None
+        )
+        expected = sample.to_bytes()
+        self._envelope: dict[str, Any] = {}
+        self._ttl = 0
+        self._tail = b""
+        self.fast = False
+        if sample.envelope is None or sample.envelope_signature is None:
+            head = b'{"device_id":' + _json(_TEMPLATE_DEVICE)
+        else:
+            self._envelope = json.loads(sample.envelope)
+            self._ttl = self._envelope["expires_at"] - self._envelope["issued_at"]
+            head = (
+                b'{"device_id":' + _json(_TEMPLATE_DEVICE)
+                + b',"envelope":' + _json(sample.envelope)
+                + b',"envelope_signature":' + _json(sample.envelope_signature)
+            )
+        if expected.startswith(head):
+            self._tail = expected[len(head) :]
+            self.fast = self._render(_TEMPLATE_DEVICE, issued) == expected
+        if not self.fast:
+            log.warning(
+                "push offer template does not match the offer; building each offer in full "
+                "build_id=%s", release.build_id,
+            )
+
+    def fits(self, offers: OfferBuilder, release: Release) -> bool:
+        return offers is self.offers and (release is self.release or release == self.release)
+
+    def render(self, device_id: str) -> bytes:
+        if not self.fast:
+            return self.offers.update_offer(self.release, device_id, None).to_bytes()
+        return self._render(device_id, int(self._clock()))
+
+    def _render(self, device_id: str, issued: int) -> bytes:
+        signer = self._signer
+        if signer is None:
+            return b'{"device_id":' + _json(device_id) + self._tail
+        envelope = dict(self._envelope)
+        envelope["device_id"] = device_id
+        envelope["issued_at"] = issued
+        envelope["expires_at"] = issued + self._ttl
+        raw = canonical_json(envelope)
+        signature = signer.private_key.sign(raw).hex()
+        return b"".join((
+            b'{"device_id":', _json(device_id),
+            b',"envelope":', _json(raw.decode("ascii")),
+            b',"envelope_signature":"', signature.encode("ascii"), b'"',
+            self._tail,
+        ))
+
+
+def _json(text: str) -> bytes:
+    return json.dumps(text).encode("ascii")
 
 
 def _one_line(error: BaseException) -> str:

@@ -6,6 +6,7 @@ CLI flags override the environment (``ota run --http-port 18000`` equals
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -61,11 +62,16 @@ class Settings(BaseSettings):
     offer_key_grace_seconds: int = Field(
         7 * 24 * 3600, ge=0, description="how long a rotated-out offer key stays verifiable"
     )
-    catalog_poll_seconds: float = Field(0.5, gt=0)
+    catalog_poll_seconds: float = Field(
+        0.05, gt=0, description="how often the bridge checks the catalog revision (push wake-up)"
+    )
 
     # Push and rollouts (the bridge).
     push_rate: float = Field(
-        500.0, ge=0, description="offers per second the bridge pushes to known devices; 0: no push"
+        math.inf,
+        ge=0,
+        description="offers per second the bridge pushes to known devices at most; "
+        "inf (the default): as fast as the broker takes them; 0: no push",
     )
     rollout_check_seconds: float = Field(
         1.0, gt=0, description="how often the bridge checks rollouts (auto-pause, auto-advance)"

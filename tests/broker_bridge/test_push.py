@@ -249,7 +249,13 @@ def test_two_bridges_push_each_offer_once(ota_dirs: Any, mosquitto: MosquittoSer
             for bridge in (one, two):
                 assert bridge.pusher is not None
                 assert bridge.pusher.wait_for_revision(revision(admin), WAIT)
+            # Both bridges answer the sentinel; each answer comes after that bridge's pushes
+            # (unpaced, they may still be on their way when the pass is over).
             fleet.drain_until_answer("zz-sentinel", "s1", build_id="zz", version="99.0.0")
+            while True:
+                device_id, offer = fleet.receive()
+                if device_id == "zz-sentinel" and offer.get("request_id") == "s1":
+                    break
             assert one.pusher is not None and two.pusher is not None
             assert one.pusher.stats.pushed + two.pusher.stats.pushed == len(fleet_ids)
             assert fleet.pushes() == {d: ["b2"] for d in fleet_ids}
@@ -315,3 +321,137 @@ def test_a_release_published_while_no_bridge_ran_is_pushed_when_one_starts(
     add_release(admin, "b2", "2.0.0")  # no bridge running: nobody sees the revision move
     with running_bridge(settings) as (bridge, _):
         assert pushed_through(bridge, admin, fleet, "s1") == {"w-1": ["b2"], "w-2": ["b2"]}
+
+
+# -- the push worker on its own: offers built from a template, backlog, pacing settings --
+
+
+def _known_fleet(admin: Services, device_ids: list[str], build_id: str = "b1") -> None:
+    """Devices known to the registry, recorded the way the bridge records announcements."""
+    from datetime import UTC, datetime
+
+    from ota_core.models import Announcement
+    from ota_core.store.devices import AnnouncementSeen
+
+    seen = Announcement(build_id=build_id, version="1.0.0")
+    admin.registry.apply([AnnouncementSeen(d, seen, None, datetime.now(UTC)) for d in device_ids])
+
+
+@pytest.mark.parametrize("offer_key", [True, False], ids=["sealed", "unsealed"])
+def test_offers_from_the_template_are_the_offers_update_offer_makes(
+    settings: Settings, admin: Services, offer_key: bool
+) -> None:
+    import dataclasses
+
+    from broker_bridge.push import OfferTemplate
+
+    if offer_key:
+        ensure_offer_key(settings.keys_dir, load_signer(settings.keys_dir))
+    services = Services.from_settings(settings)
+    try:
+        add_release(services, "b2", "2.0.0", hardware="board-a")
+        (release,) = list(services.catalog.refresh())
+        now = 1_700_000_123
+        offers = dataclasses.replace(services.offers, clock=lambda: now)
+        template = OfferTemplate(offers, release)
+        assert template.fast
+        for device_id in ("d", "dev-00001", "A.b_c-9", "x" * 64):
+            expected = offers.update_offer(release, device_id, None).to_bytes()
+            assert template.render(device_id) == expected
+        assert (json.loads(template.render("dev-7")).get("envelope") is not None) == offer_key
+    finally:
+        services.close()
+
+
+def test_a_rotated_offer_key_gets_a_new_template(settings: Settings, admin: Services) -> None:
+    from broker_bridge.push import OfferTemplate
+
+    ensure_offer_key(settings.keys_dir, load_signer(settings.keys_dir))
+    add_release(admin, "b2", "2.0.0")
+    (release,) = list(admin.catalog.refresh())
+    template = OfferTemplate(admin.offers, release)
+    assert template.fits(admin.offers, release)
+    rotated = admin.offers.with_signer(None)
+    assert not template.fits(rotated, release)
+
+
+def test_unpaced_push_stays_within_the_backlog_of_unacknowledged_offers(
+    settings: Settings, admin: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pusher publishes without waiting for PUBACKs, but never more than
+    MAX_PUSH_BACKLOG ahead of them; here the 'broker' acknowledges slowly."""
+    import threading
+
+    import broker_bridge.push as push_module
+    from broker_bridge.push import Pusher
+
+    monkeypatch.setattr(push_module, "MAX_PUSH_BACKLOG", 7)
+    add_release(admin, "b1", "1.0.0")
+    fleet_ids = [f"bk-{n:03d}" for n in range(300)]
+    _known_fleet(admin, fleet_ids)
+    add_release(admin, "b2", "2.0.0")
+    admin.catalog.refresh()
+    published: list[str] = []
+    backlog_seen: list[int] = []
+    acked = [0]
+    lock = threading.Lock()
+
+    def publish(topic: str, payload: bytes) -> None:
+        with lock:
+            backlog_seen.append(len(published) - acked[0])
+            published.append(topic)
+
+    def backlog() -> int:
+        with lock:
+            return len(published) - acked[0]
+
+    stop = threading.Event()
+
+    def broker() -> None:  # acknowledges one offer per millisecond at most
+        while not stop.wait(0.001):
+            with lock:
+                if acked[0] < len(published):
+                    acked[0] += 1
+
+    acker = threading.Thread(target=broker, daemon=True)
+    acker.start()
+    pusher = Pusher(
+        registry=admin.registry, catalog=lambda: admin.catalog.current,
+        offers=lambda: admin.offers, topics=settings.topics, publish=publish, backlog=backlog,
+    )
+    pusher.start()
+    try:
+        assert pusher.wait_for_revision(revision(admin), WAIT), pusher.stats
+    finally:
+        pusher.stop()
+        stop.set()
+        acker.join()
+    assert sorted(published) == sorted(str(settings.topics.offer(d)) for d in fleet_ids)
+    assert max(backlog_seen) <= 7 + 1, max(backlog_seen)
+    assert pusher.stats.pushed == len(fleet_ids)
+
+
+def test_push_is_unpaced_by_default_and_a_rate_paces_it(settings: Settings) -> None:
+    import math
+
+    from broker_bridge.push import MAX_CLAIM_CHUNK, Pusher
+
+    assert Settings(_env_file=None).push_rate == math.inf
+
+    def make(rate: float) -> Pusher:
+        services_settings = settings
+        services = Services.from_settings(services_settings)
+        try:
+            return Pusher(
+                registry=services.registry, catalog=lambda: services.catalog.current,
+                offers=lambda: services.offers, topics=settings.topics,
+                publish=lambda _t, _p: None, rate=rate,
+            )
+        finally:
+            services.close()
+
+    unpaced = make(math.inf)
+    assert unpaced._pacer is None and unpaced._claim_chunk == MAX_CLAIM_CHUNK
+    paced = make(50.0)
+    assert paced._pacer is not None and paced._pacer.rate == 50.0
+    assert paced._claim_chunk == 10  # about 0.2 s of pacing per claim
