@@ -20,10 +20,10 @@ device and build).
   a token bucket) paces it where the broker or the devices' network must be
   spared.
 * The per-device work is what must be per device: each offer is claimed in
-  large batches (one transaction per ``claim chunk``), and built from a
-  template made once per release (:class:`OfferTemplate`): the device id and
+  large batches (one transaction per ``claim chunk``), and built with
+  :meth:`~ota_core.offers.OfferBuilder.update_offer_bytes`: the device id and
   the time go into the envelope, which is signed (Ed25519) for that device;
-  the rest of the offer is the same bytes for every device.
+  the rest of the offer is the release's bytes, serialised once.
 * A newer revision during a pass abandons the pass and starts a new one from
   the newest catalog: what was pushed already is recorded, so it is not pushed
   again, and every device's offer is decided from the newest catalog.
@@ -50,8 +50,6 @@ it announces, since answers never depend on what was recorded.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import threading
@@ -59,11 +57,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from ota_core.catalog import Catalog
 from ota_core.errors import OtaError
-from ota_core.models import DeviceFacts, Release, canonical_json
+from ota_core.models import DeviceFacts, Release
 from ota_core.offers import OfferBuilder
 from ota_core.policy import decide
 from ota_core.store.devices import DeviceRegistry, OfferPushed
@@ -149,7 +146,6 @@ class Pusher:
         self._claim_chunk = (
             max(1, min(MAX_CLAIM_CHUNK, int(rate / 5))) if paced else MAX_CLAIM_CHUNK
         )
-        self._templates: dict[str, OfferTemplate] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -300,21 +296,12 @@ class Pusher:
                     pacer.take(self._stopping)
                 self._wait_backlog()
             release = releases[(push.device_id, push.build_id)]
-            payload = self._template(offers, release).render(push.device_id)
+            payload = offers.update_offer_bytes(release, push.device_id, None)
             self.stats.pushed += 1  # counted first: whoever sees the offer sees the count
             publish(str(topics.offer(push.device_id)), payload)
             if debug:
                 log.debug("push device_id=%s build_id=%s", push.device_id, push.build_id)
         return len(claimed)
-
-    def _template(self, offers: OfferBuilder, release: Release) -> OfferTemplate:
-        """The release's offer template for this builder (a new one after a key rotation)."""
-        template = self._templates.get(release.build_id)
-        if template is None or not template.fits(offers, release):
-            if len(self._templates) > 100:  # releases come and go: keep only recent ones
-                self._templates.clear()
-            template = self._templates[release.build_id] = OfferTemplate(offers, release)
-        return template
 
     def _wait_backlog(self) -> None:
         """Stay at most ``MAX_PUSH_BACKLOG`` offers ahead of the broker's PUBACKs."""
@@ -331,86 +318,6 @@ class Pusher:
             if self._stopping.wait(0.2):
                 return False
         return True
-
-
-#: The device id a template is made with (a valid id; only ever inside the template).
-_TEMPLATE_DEVICE = "push-template-device"
-
-
-class OfferTemplate:
-    """``offers.update_offer(release, device_id, None).to_bytes()``, fast, for any device.
-
-    A pushed offer differs between devices only in its device id and its
-    envelope (device id, issue and expiry time, then the signature over it).
-    The template is one sample offer made the ordinary way; each device's
-    offer is that sample's envelope with its own id and time, signed, and the
-    sample's other bytes. The template checks itself against the ordinary way
-    when made (Ed25519 signatures are deterministic: the same envelope gives the
-    same bytes); if anything differs (a field added to the offer, say) it
-    falls back to the ordinary way for every device.
-    """
-
-    def __init__(self, offers: OfferBuilder, release: Release) -> None:
-        self.offers = offers
-        self.release = release
-        self._signer = offers.offer_signer
-        self._clock = offers.clock
-        issued = int(offers.clock())
-        sample = dataclasses.replace(offers, clock=lambda: issued).update_offer(
-            release, _TEMPLATE_DEVICE, None
-        )
-        expected = sample.to_bytes()
-        self._envelope: dict[str, Any] = {}
-        self._ttl = 0
-        self._tail = b""
-        self.fast = False
-        if sample.envelope is None or sample.envelope_signature is None:
-            head = b'{"device_id":' + _json(_TEMPLATE_DEVICE)
-        else:
-            self._envelope = json.loads(sample.envelope)
-            self._ttl = self._envelope["expires_at"] - self._envelope["issued_at"]
-            head = (
-                b'{"device_id":' + _json(_TEMPLATE_DEVICE)
-                + b',"envelope":' + _json(sample.envelope)
-                + b',"envelope_signature":' + _json(sample.envelope_signature)
-            )
-        if expected.startswith(head):
-            self._tail = expected[len(head) :]
-            self.fast = self._render(_TEMPLATE_DEVICE, issued) == expected
-        if not self.fast:
-            log.warning(
-                "push offer template does not match the offer; building each offer in full "
-                "build_id=%s", release.build_id,
-            )
-
-    def fits(self, offers: OfferBuilder, release: Release) -> bool:
-        return offers is self.offers and (release is self.release or release == self.release)
-
-    def render(self, device_id: str) -> bytes:
-        if not self.fast:
-            return self.offers.update_offer(self.release, device_id, None).to_bytes()
-        return self._render(device_id, int(self._clock()))
-
-    def _render(self, device_id: str, issued: int) -> bytes:
-        signer = self._signer
-        if signer is None:
-            return b'{"device_id":' + _json(device_id) + self._tail
-        envelope = dict(self._envelope)
-        envelope["device_id"] = device_id
-        envelope["issued_at"] = issued
-        envelope["expires_at"] = issued + self._ttl
-        raw = canonical_json(envelope)
-        signature = signer.private_key.sign(raw).hex()
-        return b"".join((
-            b'{"device_id":', _json(device_id),
-            b',"envelope":', _json(raw.decode("ascii")),
-            b',"envelope_signature":"', signature.encode("ascii"), b'"',
-            self._tail,
-        ))
-
-
-def _json(text: str) -> bytes:
-    return json.dumps(text).encode("ascii")
 
 
 def _one_line(error: BaseException) -> str:

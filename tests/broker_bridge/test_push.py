@@ -337,44 +337,6 @@ def _known_fleet(admin: Services, device_ids: list[str], build_id: str = "b1") -
     admin.registry.apply([AnnouncementSeen(d, seen, None, datetime.now(UTC)) for d in device_ids])
 
 
-@pytest.mark.parametrize("offer_key", [True, False], ids=["sealed", "unsealed"])
-def test_offers_from_the_template_are_the_offers_update_offer_makes(
-    settings: Settings, admin: Services, offer_key: bool
-) -> None:
-    import dataclasses
-
-    from broker_bridge.push import OfferTemplate
-
-    if offer_key:
-        ensure_offer_key(settings.keys_dir, load_signer(settings.keys_dir))
-    services = Services.from_settings(settings)
-    try:
-        add_release(services, "b2", "2.0.0", hardware="board-a")
-        (release,) = list(services.catalog.refresh())
-        now = 1_700_000_123
-        offers = dataclasses.replace(services.offers, clock=lambda: now)
-        template = OfferTemplate(offers, release)
-        assert template.fast
-        for device_id in ("d", "dev-00001", "A.b_c-9", "x" * 64):
-            expected = offers.update_offer(release, device_id, None).to_bytes()
-            assert template.render(device_id) == expected
-        assert (json.loads(template.render("dev-7")).get("envelope") is not None) == offer_key
-    finally:
-        services.close()
-
-
-def test_a_rotated_offer_key_gets_a_new_template(settings: Settings, admin: Services) -> None:
-    from broker_bridge.push import OfferTemplate
-
-    ensure_offer_key(settings.keys_dir, load_signer(settings.keys_dir))
-    add_release(admin, "b2", "2.0.0")
-    (release,) = list(admin.catalog.refresh())
-    template = OfferTemplate(admin.offers, release)
-    assert template.fits(admin.offers, release)
-    rotated = admin.offers.with_signer(None)
-    assert not template.fits(rotated, release)
-
-
 def test_unpaced_push_stays_within_the_backlog_of_unacknowledged_offers(
     settings: Settings, admin: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -60,6 +60,17 @@ def test_template_cache_follows_the_release(signer: ReleaseSigner) -> None:
     assert json.loads(builder.update_offer_bytes(one, "d", None))["build_id"] == "build-1090"
 
 
+def test_a_rotated_offer_key_signs_with_the_new_key(signer: ReleaseSigner) -> None:
+    release = make_release(signer, "build-1090", "1.9.0", 2)
+    builder = OfferBuilder(offer_signer=SIGNER)
+    builder.update_offer_bytes(release, "d", None)  # cached under the old key
+    rotated = builder.with_signer(OfferSigner.generate())
+    offer = json.loads(rotated.update_offer_bytes(release, "d", None))
+    assert rotated.offer_signer is not None
+    assert json.loads(offer["envelope"])["key_id"] == rotated.offer_signer.key_id
+    assert offer == json.loads(rotated.update_offer(release, "d", None).to_bytes())
+
+
 @given(device_id=device_ids, nonce=request_ids, status=st.sampled_from(
     ["update-available", "up-to-date", "error"]
 ), manifest=st.none() | st.text(max_size=300), issued=st.integers(0, 2**40))
