@@ -5,8 +5,8 @@ PostgreSQL may then settle on one *generic* plan for it, costed against the tabl
 as it was then and kept until an ANALYZE. A registry that starts on a new, empty
 fleet had its "which of these devices exist" lookup (``device_id IN (…)``, once
 per batch) frozen into a sequential scan that compared every row with every id
-(a generic plan cannot hash the parameter list); at 50,000–100,000 devices each
-batch of 5,000 events took 0.5–1.6 s in that one statement (bench/footprint.py,
+(a generic plan cannot hash the parameter list); at 50,000-100,000 devices each
+batch of 5,000 events took 0.5-1.6 s in that one statement (bench/footprint.py,
 populating the registry). ``open_database`` turns server-side prepared
 statements off, so every run is planned with its own values.
 """
