@@ -85,7 +85,16 @@ def migrate(engine: Engine) -> None:
 def open_database(url: str, *, run_migrations: bool = True) -> Database:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql+psycopg:"):
+        # No server-side prepared statements: psycopg prepares a statement after five
+        # runs, and PostgreSQL may then keep one generic plan for it, costed against the
+        # table as it was. The registry's ``device_id IN (…)`` lookup, planned while a new
+        # fleet's table was nearly empty, stayed a sequential scan as the fleet grew
+        # (~1 s per batch at 50,000 devices) until an ANALYZE. Planning each time costs
+        # tens of microseconds.
+        connect_args["prepare_threshold"] = None
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:

@@ -59,6 +59,12 @@ devices = Table(
     Column("last_state_build", String(64), nullable=True),
     Column("last_detail", Text, nullable=True),
     Column("last_status_at", DateTime(timezone=True), nullable=True),
+    # The admin device list's filters (migration 0003); device id second, for its order.
+    Index("ix_devices_version", "version", "device_id"),
+    Index("ix_devices_last_state", "last_state", "device_id"),
+    Index("ix_devices_channel", "channel", "device_id"),
+    Index("ix_devices_hardware", "hardware", "device_id"),
+    Index("ix_devices_last_seen", "last_seen"),
 )
 
 rollouts = Table(
