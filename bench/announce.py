@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import psutil
+
 from bench.common import BenchContext, CpuMeter, Result, add_cpu, percentile
 from bench.loadgen import PREFIX, request_id_of, serve
 from ota_core.keyfiles import ensure_offer_key, load_signer
@@ -161,12 +163,12 @@ def _do_nothing_responder(conn: Connection, host: str, port: int, size: int, pro
 
 
 @contextmanager
-def do_nothing_responder(broker: MosquittoServer, size: int, meter: CpuMeter | None = None, host: str = "127.0.0.1", port: int | None = None) -> Iterator[None]:
+def do_nothing_responder(broker: MosquittoServer | None, size: int, meter: CpuMeter | None = None, host: str = "127.0.0.1", port: int | None = None) -> Iterator[None]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
         target=_do_nothing_responder,
-        args=(child, host, port or broker.port, size, "3.1.1"),
+        args=(child, host, port or (broker.port if broker else 1883), size, "3.1.1"),
         daemon=True,
     )
     proc.start()
@@ -200,26 +202,38 @@ def prepare_ota(ctx: BenchContext, name: str) -> OtaDirs:
 
 
 @contextmanager
-def bridge_process(dirs: OtaDirs, broker: MosquittoServer, meter: CpuMeter | None = None, **extra: str) -> Iterator[OtaProcess]:
-    env = ota_env(
-        dirs.env(
-            broker_url=broker.url,
-            device_rate_limit="0",
-            log_level="INFO",
-            mqtt_client_id=f"bench-bridge-{uuid.uuid4().hex[:6]}",
-            **extra,
-        )
-    )
-    proc = OtaProcess(["bridge"], env, dirs.root)
+def bridge_process(dirs: OtaDirs, broker: MosquittoServer, meter: CpuMeter | None = None, replicas: int = 1, **extra: str) -> Iterator[OtaProcess]:
+    """``ota bridge`` as shipped; ``replicas`` > 1: that many on one MQTT 5 shared
+    subscription (``--replicas-group``), each with its own registry writer process."""
+    procs: list[OtaProcess] = []
     try:
-        proc.wait_for_line("bridge subscribed", timeout=60)
-        if meter is not None:
-            meter.watch("bridge", proc.proc.pid)
-        yield proc
+        for k in range(replicas):
+            options = dict(extra)
+            if replicas > 1:
+                options.update(mqtt_protocol="5", replicas_group="bench")
+            env = ota_env(
+                dirs.env(
+                    broker_url=broker.url,
+                    device_rate_limit="0",
+                    log_level="INFO",
+                    mqtt_client_id=f"bench-bridge-{k}-{uuid.uuid4().hex[:6]}",
+                    **options,
+                )
+            )
+            procs.append(OtaProcess(["bridge"], env, dirs.root))
+        for k, proc in enumerate(procs):
+            proc.wait_for_line("bridge subscribed", timeout=60)
+            if meter is not None:
+                label = "bridge" if replicas == 1 else f"bridge replica {k + 1}"
+                meter.watch(label, proc.proc.pid)
+                for child in psutil.Process(proc.proc.pid).children(recursive=True):
+                    meter.watch(f"{label}: registry writer", child.pid)
+        yield procs[0]
     finally:
-        code = proc.stop()
-        if code not in (0, -15):
-            print(f"  bridge exited {code}:\n" + "\n".join(proc.lines[-20:]), flush=True)
+        for proc in procs:
+            code = proc.stop()
+            if code not in (0, -15):
+                print(f"  bridge exited {code}:\n" + "\n".join(proc.lines[-20:]), flush=True)
 
 
 def offer_size(dirs: OtaDirs, broker: MosquittoServer) -> int:
@@ -280,39 +294,53 @@ def run(ctx: BenchContext) -> list[Result]:
         def product(meter: CpuMeter) -> Any:
             return bridge_process(dirs, broker, meter)
 
+        def replicas(meter: CpuMeter) -> Any:
+            return bridge_process(dirs, broker, meter, replicas=2)
+
         for shape in SHAPES:
             fleet = Fleet("127.0.0.1", broker.port, shape)
+            main = shape is SHAPES[0]
             try:
-                result = Result(
-                    "announce", f"throughput, {shape.label}", "offers/s", [], [],
-                    goal=">= 0.8 x ceiling", goal_ratio=0.8,
-                )
-                lost_total = 0
-                for _round in range(ctx.rounds):
-                    for kind, responder in (("ceiling", ceiling), ("product", product)):
-                        rate, cpu, lost = measure_burst(fleet, responder, broker, burst)
-                        getattr(result, kind).append(rate)
-                        add_cpu(result.cpu, {f"{kind}: {k}": v for k, v in cpu.items()})
-                        if kind == "product":
-                            lost_total += lost
-                        print(f"    {shape.label} {kind}: {rate:,.0f}/s lost={lost}", flush=True)
-                result.notes = (
-                    f"burst of {burst:,} QoS 1 announcements; {lost_total} unanswered over "
-                    f"{ctx.rounds} bridge rounds"
-                )
-                results.append(result)
-                if (shape.mode == "per-device" and shape.devices == 1000) or ctx.quick:
-                    results.extend(latency(ctx, fleet, ceiling, product, result, paced_seconds))
+                variants = [("1 bridge", product)] + ([("2 bridges, shared subscription", replicas)] if main else [])
+                throughputs = []
+                for label, responder_of in variants:
+                    result = throughput(ctx, fleet, broker, ceiling, responder_of, burst, f"{shape.label}, {label}")
+                    results.append(result)
+                    throughputs.append((label, responder_of, result))
+                if main:
+                    for label, responder_of, result in throughputs:
+                        results.extend(latency(ctx, fleet, ceiling, responder_of, result, paced_seconds, label))
             finally:
                 fleet.close()
     return results
 
 
-def latency(ctx: BenchContext, fleet: Fleet, ceiling: Responder, product: Responder, throughput: Result, seconds: float) -> list[Result]:
+def throughput(ctx: BenchContext, fleet: Fleet, broker: MosquittoServer, ceiling: Responder, product: Responder, burst: int, label: str) -> Result:
+    result = Result(
+        "announce", f"throughput, {label}", "offers/s", [], [],
+        goal=">= 0.8 x ceiling", goal_ratio=0.8,
+    )
+    lost_total = 0
+    for _round in range(ctx.rounds):
+        for kind, responder in (("ceiling", ceiling), ("product", product)):
+            rate, cpu, lost = measure_burst(fleet, responder, broker, burst)
+            getattr(result, kind).append(rate)
+            add_cpu(result.cpu, {f"{kind}: {k}": v for k, v in cpu.items()})
+            if kind == "product":
+                lost_total += lost
+            print(f"    {label} {kind}: {rate:,.0f}/s lost={lost}", flush=True)
+    result.notes = (
+        f"burst of {burst:,} QoS 1 announcements; {lost_total} unanswered over "
+        f"{ctx.rounds} product rounds"
+    )
+    return result
+
+
+def latency(ctx: BenchContext, fleet: Fleet, ceiling: Responder, product: Responder, throughput: Result, seconds: float, label: str) -> list[Result]:
     rate = 0.5 * (throughput.ceiling_median or 1000.0)
-    p50 = Result("announce", f"latency p50 at {rate:,.0f}/s", "ms", [], [], higher_is_better=False)
+    p50 = Result("announce", f"latency p50 at {rate:,.0f}/s, {label}", "ms", [], [], higher_is_better=False)
     p99 = Result(
-        "announce", f"latency p99 at {rate:,.0f}/s", "ms", [], [], higher_is_better=False,
+        "announce", f"latency p99 at {rate:,.0f}/s, {label}", "ms", [], [], higher_is_better=False,
         goal="<= 2 x ceiling p99", goal_ratio=2.0,
     )
     samples: dict[str, list[float]] = {"ceiling": [], "bridge": []}
