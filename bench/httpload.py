@@ -160,7 +160,9 @@ class Load:
                 f"with {conn.expect_length} bytes"
             )
         if conn.expect_range and headers.get("content-range") != conn.expect_range:
-            raise RuntimeError(f"content-range {headers.get('content-range')!r}, expected {conn.expect_range!r}")
+            raise RuntimeError(
+                f"content-range {headers.get('content-range')!r}, expected {conn.expect_range!r}"
+            )
         conn.close_after = headers.get("connection", "").lower() == "close"
         conn.remaining = length - rest
         if rest > length:
