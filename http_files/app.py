@@ -3,7 +3,9 @@
 :func:`create_app` wires thin routers around one :class:`~ota_core.services.Services`.
 Every route that touches the database, the disk or the signing key is a plain
 ``def`` (run in the threadpool) or hands its work to the threadpool, so hashing
-and RSA signing never block the event loop.
+and RSA signing never block the event loop. One exception, for speed: package
+downloads are ``async`` (an lstat and a stat, then ``sendfile``; see
+:mod:`http_files.packages` and :mod:`http_files.server`).
 """
 
 from __future__ import annotations

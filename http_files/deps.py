@@ -16,7 +16,8 @@ from ota_core.catalog import Catalog
 from ota_core.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: reading app.state needs no worker thread (sync dependencies get one each).
     services: Services = request.app.state.services
     return services
 

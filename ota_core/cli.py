@@ -143,12 +143,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run_all(
     settings: Settings, services: Any, password: str, generated: bool, embedded: bool
 ) -> None:
-    import uvicorn
-
     from broker_bridge.bridge import Bridge
     from broker_bridge.embedded import EmbeddedBroker
     from http_files.app import create_app
-    from http_files.server import GracefulServer
+    from http_files.server import GracefulServer, uvicorn_config
 
     broker = EmbeddedBroker(settings.host, settings.mqtt_port) if embedded else None
     if broker is not None:
@@ -156,7 +154,7 @@ async def _run_all(
     bridge = Bridge(settings, services)
     bridge.start()
     server = GracefulServer(
-        uvicorn.Config(
+        uvicorn_config(
             create_app(services, password),
             host=settings.host,
             port=settings.http_port,
@@ -220,10 +218,9 @@ def cmd_http(args: argparse.Namespace) -> int:
     check_port_free(
         settings.host, settings.http_port, "HTTP", "OTA_HTTP_PORT", "--http-port", 18000
     )
-    import uvicorn
 
     from http_files.app import create_app
-    from http_files.server import GracefulServer
+    from http_files.server import GracefulServer, uvicorn_config
     from ota_core.services import Services, resolve_admin_password
 
     password, generated = resolve_admin_password(settings)
@@ -232,7 +229,7 @@ def cmd_http(args: argparse.Namespace) -> int:
     services = Services.from_settings(settings)
     try:
         server = GracefulServer(
-            uvicorn.Config(
+            uvicorn_config(
                 create_app(services, password),
                 host=settings.host,
                 port=settings.http_port,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterable
@@ -53,6 +54,14 @@ class PackageFolder:
         """
         check_filename(filename)
         candidate = self._real_root / filename
+        try:
+            mode = os.lstat(candidate).st_mode
+        except OSError as e:
+            raise PackageNotFound(f"no package named {filename!r}") from e
+        if stat.S_ISREG(mode):
+            # A plain file right in the (resolved) folder: nothing to follow. Downloads
+            # take this path; a full resolve costs a syscall per path component.
+            return candidate
         real = candidate.resolve()
         if real.parent != self._real_root or not real.is_file():
             raise PackageNotFound(f"no package named {filename!r}")

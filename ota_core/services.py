@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class CatalogCache:
         self._store = store
         self._lock = threading.Lock()
         self._catalog = store.load_catalog()
+        # When the revision was last read: monotonic (for ages) and wall clock (for mtimes).
+        self._checked_at = time.monotonic()
+        self._checked_wall = time.time()
 
     @property
     def current(self) -> Catalog:
@@ -43,12 +47,27 @@ class CatalogCache:
 
     def refresh(self) -> Catalog:
         """Reload if stale; cheap when nothing changed (one tiny SELECT)."""
+        started, started_wall = time.monotonic(), time.time()
         revision = self._store.revision()
         if revision != self._catalog.revision:
             with self._lock:
                 if revision != self._catalog.revision:
                     self._catalog = self._store.load_catalog()
+        if started > self._checked_at:
+            self._checked_at, self._checked_wall = started, started_wall
         return self._catalog
+
+    def checked_within(self, seconds: float) -> tuple[Catalog, float] | None:
+        """The snapshot and the wall-clock time of its last database check, if that
+        check was less than ``seconds`` ago; None means: call :meth:`refresh`.
+
+        For hot paths that can trust a snapshot that old under conditions of their
+        own (package downloads: see ``http_files.packages``).
+        """
+        checked_at, checked_wall, catalog = self._checked_at, self._checked_wall, self._catalog
+        if time.monotonic() - checked_at < seconds:
+            return catalog, checked_wall
+        return None
 
 
 @dataclass

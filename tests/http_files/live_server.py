@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import requests
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from http_files import create_app
+from http_files.server import uvicorn_config
 from ota_core.services import Services
 from tests.support import OtaDirs
 
@@ -30,13 +31,14 @@ TIMEOUT = 30.0
 class LiveServer:
     """uvicorn serving ``app`` on a socket bound here (port 0: no race for a free port)."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1") -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, 0))
         self.host = host
         self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        # The product's own uvicorn settings (zero-copy file sends included).
+        config = uvicorn_config(app, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run,

@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from ota_core.releases import ReleaseRequest
+from ota_core.services import Services
 from tests.http_files.live_server import Running
 
 CONTENT = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable
@@ -189,3 +191,40 @@ def test_upload_temp_files_are_never_served(server: Running) -> None:
     (server.dirs.packages_dir / ".upload-abc123").write_bytes(b"partial")
     status, _ = raw_get(server, "/packages/.upload-abc123")
     assert status == 400
+
+
+def _other_process(server: Running) -> Services:
+    """A second Services on the same database and folders, as ``ota release add`` is."""
+    return Services.from_settings(server.services.settings)
+
+
+def test_release_published_elsewhere_gets_its_sha256_etag_at_once(server: Running) -> None:
+    path = server.put_file("fw-cli.bin", CONTENT)
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime - 60))  # an old file
+    assert server.get("/packages/fw-cli.bin").headers["ETag"] != f'"{SHA}"'  # unpublished
+    other = _other_process(server)
+    try:
+        other.releases.add_existing(ReleaseRequest("build-2101", "2.1.1", "fw-cli.bin"))
+    finally:
+        other.close()
+    # The HTTP side checked its catalog a moment ago, but that snapshot lacks the file.
+    assert server.get("/packages/fw-cli.bin").headers["ETag"] == f'"{SHA}"'
+
+
+def test_a_replaced_file_never_keeps_the_old_etag(server: Running) -> None:
+    first = server.publish("build-2201", "2.2.1", CONTENT, filename="fw-re.bin")
+    assert server.get("/packages/fw-re.bin").headers["ETag"] == f'"{first["sha256"]}"'
+    # Another process deletes the release and publishes new content, same name and size:
+    # the snapshot (checked under a second ago) has the name at that size, but the file
+    # is newer than the check, so the route asks the database again.
+    replacement = bytes(reversed(CONTENT))
+    other = _other_process(server)
+    try:
+        other.releases.delete("build-2201", delete_file=True)
+        server.put_file("fw-re.bin", replacement)
+        other.releases.add_existing(ReleaseRequest("build-2202", "2.2.2", "fw-re.bin"))
+    finally:
+        other.close()
+    response = server.get("/packages/fw-re.bin")
+    assert response.content == replacement
+    assert response.headers["ETag"] == f'"{hashlib.sha256(replacement).hexdigest()}"'
