@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -70,6 +68,11 @@ def migrate(engine: Engine) -> None:
     SQLite, a transaction-scoped advisory lock for PostgreSQL), and the later ones
     find nothing left to do.
     """
+    # Imported here: processes that only read and write (the registry writer) skip
+    # Alembic's ~20 MB.
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     lock = _sqlite_migration_lock(engine) if engine.dialect.name == "sqlite" else nullcontext()
