@@ -164,7 +164,10 @@ class OfferBuilder:
 
 
 def _json_str(text: str) -> bytes:
-    # The same bytes pydantic writes for these ASCII strings (ids, envelope, hex).
+    """``text`` as a JSON string, the bytes pydantic and json.dumps write for it."""
+    if text.isascii() and text.isprintable():
+        # Printable ASCII: only the backslash and the quote are escaped.
+        return b'"' + text.encode("ascii").replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return json.dumps(text).encode("ascii")
 
 
