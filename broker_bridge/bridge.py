@@ -47,6 +47,7 @@ lost the session.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -372,6 +373,7 @@ class Bridge:
                 previous[sig] = signal.signal(sig, on_signal)
         try:
             self.start()
+            _quiet_garbage_collector()
             while not done.wait(1.0):
                 pass
         except KeyboardInterrupt:  # only when signals could not be installed
@@ -799,6 +801,19 @@ _OFFER_STATUS = {
     Outcome.UP_TO_DATE: "up-to-date",
     Outcome.ANNOUNCE_REJECTED: "error",
 }
+
+
+def _quiet_garbage_collector() -> None:
+    """Keep full garbage collections out of the answers' latency.
+
+    Everything loaded at start-up (modules, settings, the catalog) lives as long as
+    the process, and a full collection scans all of it: ~15 ms here with the
+    bridge's imports alone, long enough to show in the p99 of answers. ``gc.freeze``
+    moves what exists now out of the collector's sight; collections then scan only
+    what was made since.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _count_metrics(result: HandlerResult, arrival: float | None) -> None:
