@@ -69,7 +69,7 @@ def migrate(engine: Engine) -> None:
     find nothing left to do.
     """
     # Imported here: processes that only read and write (the registry writer) skip
-    # Alembic's ~20 MB.
+    # Alembic (~10 MB of imports).
     from alembic import command
     from alembic.config import Config
 
