@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import uvicorn
@@ -165,3 +167,82 @@ def uvicorn_config(app: ASGIApp, *, fast_downloads: bool = True, **options: Any)
     if fast_downloads and isinstance(app, FastAPI) and getattr(app.state, "services", None):
         app = FastDownloads(app)
     return uvicorn.Config(app, http=ZeroCopyHttpToolsProtocol, **options)
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that sibling worker processes may bind too.
+
+    With ``SO_REUSEPORT`` each worker has its own accept queue and the kernel spreads
+    new connections over them, so keep-alive clients are shared out evenly (one
+    inherited socket would let whichever worker wakes first accept a whole burst).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def run_workers(count: int, serve: Callable[[socket.socket], None], host: str, port: int) -> int:
+    """Run ``serve(listening_socket)`` in ``count`` forked worker processes; wait for them.
+
+    Call it before the process has threads, an event loop or database connections:
+    each worker builds its own after the fork. SIGTERM and SIGINT to this process
+    are passed on as SIGTERM (a graceful stop; a second SIGINT would force
+    uvicorn's exit), and it returns when every worker has exited: 0 if all did
+    cleanly. A worker that exits on its own takes the others down with it (exit
+    code 1), so a broken deployment is visible instead of half-serving.
+    """
+    children: dict[int, int] = {}
+    stopping = False
+
+    def stop_all(_signum: int = 0, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    for index in range(count):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                sock = reuseport_socket(host, port)
+                serve(sock)
+                code = 0
+            except BaseException:
+                logging.getLogger("ota.http").exception("HTTP worker %d failed", index + 1)
+            finally:
+                os._exit(code)
+        children[pid] = index
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
+    exit_code = 0
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if children.pop(pid, None) is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if not stopping:
+                logging.getLogger("ota.http").error(
+                    "HTTP worker %d exited (%d); stopping the others", pid, code
+                )
+                exit_code = 1
+                stop_all()
+            elif code != 0:
+                exit_code = 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return exit_code
