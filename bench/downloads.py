@@ -51,6 +51,8 @@ OLD_BUILD, NEW_BUILD = "bench-1", "bench-2"
 LOAD_PROCESSES = 4
 CONNECTIONS_PER_PROCESS = 8
 MB = 1e6
+#: OTA_HTTP_WORKERS of the measured `ota http` (on 2 cores, 2 workers measured lower: see README).
+WORKERS = "1"
 
 
 @dataclass
@@ -340,7 +342,7 @@ def run(ctx: BenchContext) -> list[Result]:
     )
 
     with ExitStack() as stack:
-        product, http = stack.enter_context(ota_http(dirs, cwd))
+        product, http = stack.enter_context(ota_http(dirs, cwd, OTA_HTTP_WORKERS=WORKERS))
         _publish(
             http, dirs.admin_password, OLD_BUILD, "1.0.0", "fw-bench-1.0.0.bin", os.urandom(4096)
         )

@@ -76,6 +76,8 @@ class FastDownloads:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self._prepared: dict[str, _Prepared] = {}
+        #: Requests answered here rather than by the app (tests look).
+        self.served = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -129,6 +131,7 @@ class FastDownloads:
                 self._prepared.clear()
             self._prepared[filename] = prepared
         if if_none_match is not None and etag_matches(if_none_match, etag):
+            self.served += 1
             await send(
                 {"type": "http.response.start", "status": 304, "headers": prepared.not_modified}
             )
@@ -154,6 +157,7 @@ class FastDownloads:
             headers.append((b"content-range", f"bytes {start}-{end - 1}/{size}".encode()))
         head_only = scope["method"] == "HEAD"
         if head_only:
+            self.served += 1
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return True
@@ -162,6 +166,7 @@ class FastDownloads:
         except OSError:
             return False  # gone since the stat: the route says 404
         with file:
+            self.served += 1
             DOWNLOADS.inc()
             await send({"type": "http.response.start", "status": status, "headers": headers})
             DOWNLOAD_BYTES.inc(end - start)
