@@ -101,7 +101,7 @@ SNAPSHOT_MAX_AGE = 1.0
 MTIME_MARGIN = 1.0
 
 
-def _recent_release(services: Services, filename: str, info: os.stat_result) -> Release | None:
+def recent_release(services: Services, filename: str, info: os.stat_result) -> Release | None:
     """The published release this file is (for its ETag, its SHA-256) if the catalog
     snapshot can tell without the database; None: ask the database.
 
@@ -130,10 +130,16 @@ def _published(catalog: Catalog, filename: str, info: os.stat_result) -> Release
     return release if release is not None and release.size == info.st_size else None
 
 
-def _etag_matches(if_none_match: str, etag: str) -> bool:
+def etag_matches(if_none_match: str, etag: str) -> bool:
     # Weak comparison, as RFC 9110 requires for If-None-Match.
     candidates = [c.strip() for c in if_none_match.split(",")]
     return any(c == "*" or c.removeprefix("W/") == etag for c in candidates)
+
+
+def route_headers(etag: str) -> dict[str, str]:
+    """The headers a download adds to Starlette's (shared with :mod:`http_files.fastpath`)."""
+    # no-cache: caches may keep the file but must revalidate; a name can be re-published.
+    return {"ETag": etag, "Cache-Control": "no-cache"}
 
 
 # HEAD (sizes, ETag for download managers) is served by the same function, kept out of
@@ -170,7 +176,7 @@ async def download_package(filename: str, request: Request, services: ServicesDe
         raise PackageNotFound(f"no package named {filename!r}") from e
     if not stat.S_ISREG(info.st_mode):
         raise PackageNotFound(f"no package named {filename!r}")
-    release = _recent_release(services, filename, info)
+    release = recent_release(services, filename, info)
     if release is None:
         catalog = await run_in_threadpool(services.catalog.refresh)
         release = _published(catalog, filename, info)
@@ -178,10 +184,9 @@ async def download_package(filename: str, request: Request, services: ServicesDe
         etag = f'"{release.sha256}"'
     else:
         etag = f'"{info.st_mtime_ns:x}-{info.st_size:x}"'
-    # no-cache: caches may keep the file but must revalidate; a name can be re-published.
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    headers = route_headers(etag)
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and _etag_matches(if_none_match, etag):
+    if if_none_match is not None and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     if request.method == "GET":
         DOWNLOADS.inc()  # started; bytes are counted as they go out

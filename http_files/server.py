@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import uvicorn
+from fastapi import FastAPI
 from starlette.types import ASGIApp
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from http_files.fastpath import FastDownloads
 
 
 class GracefulServer(uvicorn.Server):
@@ -91,9 +96,11 @@ class _ZeroCopyCycle(RequestResponseCycle):
                 self.disconnected = True
                 return
             try:
-                sent = await asyncio.get_running_loop().sendfile(
-                    self.transport, file, offset, count
-                )
+                sent = self._sendfile_now(file, offset, count)
+                if sent < count:
+                    sent += await asyncio.get_running_loop().sendfile(
+                        self.transport, file, offset + sent, count - sent
+                    )
             except ConnectionError:
                 # The peer went away mid-file: handled as a disconnect.
                 self.disconnected = True
@@ -104,6 +111,35 @@ class _ZeroCopyCycle(RequestResponseCycle):
         self.expected_content_length -= count
         if not more_body:
             await super().send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _sendfile_now(self, file: BinaryIO, offset: int, count: int) -> int:
+        """As much of the slice as the socket takes right now, by plain ``os.sendfile``.
+
+        A 1 MiB file usually fits the socket buffer of a local or fast link at once:
+        the event loop's ``sendfile`` (futures, pausing reads, a writer callback) is
+        then only needed for what is left. Plain TCP transports with nothing buffered
+        only (TLS must go through its transport; buffered bytes must go first).
+        """
+        transport = self.transport
+        if transport.get_write_buffer_size() or transport.get_extra_info("ssl_object"):
+            return 0
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return 0
+        out_fd, in_fd, sent = sock.fileno(), file.fileno(), 0
+        while sent < count:
+            try:
+                n = os.sendfile(out_fd, in_fd, offset + sent, count - sent)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionError:
+                raise
+            except OSError:
+                break  # e.g. a file sendfile cannot read: the loop falls back by itself
+            if n == 0:
+                break
+            sent += n
+        return sent
 
 
 class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
@@ -121,6 +157,92 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.__class__ = _ZeroCopyCycle
 
 
-def uvicorn_config(app: ASGIApp, **options: Any) -> uvicorn.Config:
-    """The uvicorn settings every ``ota`` HTTP server runs with (tests use them too)."""
+def uvicorn_config(app: ASGIApp, *, fast_downloads: bool = True, **options: Any) -> uvicorn.Config:
+    """The uvicorn settings every ``ota`` HTTP server runs with (tests use them too).
+
+    The product's app (:func:`http_files.app.create_app`) is served behind the
+    download fast path (:class:`http_files.fastpath.FastDownloads`) unless
+    ``fast_downloads`` is False (tests compare both).
+    """
+    if fast_downloads and isinstance(app, FastAPI) and getattr(app.state, "services", None):
+        app = FastDownloads(app)
     return uvicorn.Config(app, http=ZeroCopyHttpToolsProtocol, **options)
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that sibling worker processes may bind too.
+
+    With ``SO_REUSEPORT`` each worker has its own accept queue and the kernel spreads
+    new connections over them, so keep-alive clients are shared out evenly (one
+    inherited socket would let whichever worker wakes first accept a whole burst).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def run_workers(count: int, serve: Callable[[socket.socket], None], host: str, port: int) -> int:
+    """Run ``serve(listening_socket)`` in ``count`` forked worker processes; wait for them.
+
+    Call it before the process has threads, an event loop or database connections:
+    each worker builds its own after the fork. SIGTERM and SIGINT to this process
+    are passed on as SIGTERM (a graceful stop; a second SIGINT would force
+    uvicorn's exit), and it returns when every worker has exited: 0 if all did
+    cleanly. A worker that exits on its own takes the others down with it (exit
+    code 1), so a broken deployment is visible instead of half-serving.
+    """
+    children: dict[int, int] = {}
+    stopping = False
+
+    def stop_all(_signum: int = 0, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    for index in range(count):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                sock = reuseport_socket(host, port)
+                serve(sock)
+                code = 0
+            except BaseException:
+                logging.getLogger("ota.http").exception("HTTP worker %d failed", index + 1)
+            finally:
+                os._exit(code)
+        children[pid] = index
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
+    exit_code = 0
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if children.pop(pid, None) is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if not stopping:
+                logging.getLogger("ota.http").error(
+                    "HTTP worker %d exited (%d); stopping the others", pid, code
+                )
+                exit_code = 1
+                stop_all()
+            elif code != 0:
+                exit_code = 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return exit_code

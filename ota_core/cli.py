@@ -12,6 +12,7 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     names = (
         "host",
         "http_port",
+        "http_workers",
         "mqtt_port",
         "broker_url",
         "mqtt_protocol",
@@ -220,26 +222,37 @@ def cmd_http(args: argparse.Namespace) -> int:
     )
 
     from http_files.app import create_app
-    from http_files.server import GracefulServer, uvicorn_config
+    from http_files.server import GracefulServer, run_workers, uvicorn_config
     from ota_core.services import Services, resolve_admin_password
 
     password, generated = resolve_admin_password(settings)
     if generated:
         print(f"Admin password generated and saved in {settings.admin_password_file}: {password}")
-    services = Services.from_settings(settings)
-    try:
-        server = GracefulServer(
-            uvicorn_config(
-                create_app(services, password),
-                host=settings.host,
-                port=settings.http_port,
-                log_level=settings.log_level.lower(),
+    workers = settings.http_workers or os.cpu_count() or 1
+
+    def serve(sockets: list[socket.socket] | None) -> None:
+        services = Services.from_settings(settings)
+        try:
+            server = GracefulServer(
+                uvicorn_config(
+                    create_app(services, password),
+                    host=settings.host,
+                    port=settings.http_port,
+                    log_level=settings.log_level.lower(),
+                )
             )
-        )
-        server.run()
-    finally:
-        services.close()
-    return 0
+            server.run(sockets=sockets)
+        finally:
+            services.close()
+
+    if workers == 1:
+        serve(None)
+        return 0
+    # Database migrations and the upload sweep once, before the workers fork (each
+    # worker then opens its own connections).
+    Services.from_settings(settings).close()
+    print(f"Serving HTTP with {workers} worker processes (OTA_HTTP_WORKERS)", flush=True)
+    return run_workers(workers, lambda sock: serve([sock]), settings.host, settings.http_port)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -410,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     http = sub.add_parser("http", help="the HTTP side only: downloads, device REST, admin")
     _setting_flags(http, listen=True, broker=False)
+    http.add_argument(
+        "--http-workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the port (OTA_HTTP_WORKERS, default 1; 0: one per CPU)",
+    )
     http.set_defaults(func=cmd_http)
 
     keygen = sub.add_parser("keygen", help="create the release signing key pair if missing")

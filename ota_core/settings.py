@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the embedded broker and HTTP side bind to")
     mqtt_port: int = Field(1883, ge=1, le=65535, description="embedded broker port")
     http_port: int = Field(8000, ge=1, le=65535)
+    http_workers: int = Field(
+        1,
+        ge=0,
+        description="`ota http` worker processes sharing the HTTP port (SO_REUSEPORT); "
+        "0: one per CPU. Each has its own /metrics counters.",
+    )
     # When set, connect to this broker and start no embedded one: mqtt://host:port.
     broker_url: str | None = None
     mqtt_username: str | None = None

@@ -31,14 +31,16 @@ TIMEOUT = 30.0
 class LiveServer:
     """uvicorn serving ``app`` on a socket bound here (port 0: no race for a free port)."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", fast_downloads: bool = True) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, 0))
         self.host = host
         self.port: int = self._socket.getsockname()[1]
         # The product's own uvicorn settings (zero-copy file sends included).
-        config = uvicorn_config(app, log_level="warning", lifespan="off")
+        config = uvicorn_config(
+            app, fast_downloads=fast_downloads, log_level="warning", lifespan="off"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run,
