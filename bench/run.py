@@ -141,9 +141,12 @@ def plot(results: list[Result], folder: Path) -> None:
         print("matplotlib not installed (pip install -e '.[bench]'); no plots", flush=True)
         return
     folder.mkdir(parents=True, exist_ok=True)
-    ratios = [r for r in results if r.ratio is not None]
+    for old in folder.glob("*.png"):  # names follow the figures; drop a previous run's
+        old.unlink()
+    # Throughput-like figures (higher is better); latencies and times get their own plots.
+    ratios = [r for r in results if r.ratio is not None and r.higher_is_better]
     if ratios:
-        fig, ax = plt.subplots(figsize=(9, 0.5 * len(ratios) + 1.5))
+        fig, ax = plt.subplots(figsize=(9, 0.5 * len(ratios) + 2.0))
         names = [f"{r.section}: {r.name}" for r in ratios]
         medians = [r.ratio or 0.0 for r in ratios]
         ceiling = [r.ceiling_median or 1.0 for r in ratios]
@@ -158,6 +161,7 @@ def plot(results: list[Result], folder: Path) -> None:
         ax.set_xlabel("product / ceiling (median of rounds; bars: min-max of rounds; black tick: goal)")
         ax.invert_yaxis()
         fig.tight_layout()
+        ax.set_title("throughput: product / ceiling (green: goal met, red: missed)")
         fig.savefig(folder / "ratios.png", dpi=110)
         plt.close(fig)
     for r in results:
