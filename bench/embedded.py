@@ -102,49 +102,22 @@ def run(ctx: BenchContext) -> list[Result]:
         with ota_run(ctx) as (port, pid):
             if not size:
                 size = offer_size_on(port)
-            fleet = Fleet("127.0.0.1", port, SHAPE)
-            try:
-                meter = CpuMeter()
-                fleet.watch(meter)
-                meter.watch("ota run", pid)
-                for child in psutil.Process(pid).children(recursive=True):
-                    meter.watch("ota run: registry writer", child.pid)
-                meter.start()
-                replies = fleet.command("burst", burst // len(fleet.pipes), SETTLE_SECONDS)
-                cpu = meter.stop()
-                rate, received, sent = burst_rate(replies)
-                throughput.product.append(rate)
-                add_cpu(throughput.cpu, {f"product: {k}": v for k, v in cpu.items()})
-                paced = fleet.command("paced", rate / 2 / len(fleet.pipes), seconds, SETTLE_SECONDS)
-                lat = [x * 1000 for r in paced for x in r["latencies"]]
-                p99.product.append(percentile(lat, 99))
-                samples["ota run"].extend(lat)
-                lost = (sent - received) + sum(r["sent"] - r["received"] for r in paced)
-                lost_total += lost
-                print(f"    ota run: {rate:,.0f}/s ({received}/{sent}); paced p99 {percentile(lat, 99):.1f} ms; lost {lost}", flush=True)
-            finally:
-                fleet.close()
+            meter = CpuMeter()
+            meter.watch("ota run", pid)
+            for child in psutil.Process(pid).children(recursive=True):
+                meter.watch("ota run: registry writer", child.pid)
+            _, lat, lost = burst_then_paced(port, meter, burst, seconds, "product", throughput)
+            p99.product.append(percentile(lat, 99))
+            samples["ota run"].extend(lat)
+            lost_total += lost
         # Ceiling: the amqtt broker alone, answered by the do-nothing responder.
         with amqtt_broker() as (port, broker_pid):
-            fleet = Fleet("127.0.0.1", port, SHAPE)
-            try:
-                meter = CpuMeter()
-                fleet.watch(meter)
-                meter.watch("amqtt broker", broker_pid)
-                with do_nothing_responder(None, size, meter, port=port):
-                    meter.start()
-                    replies = fleet.command("burst", burst // len(fleet.pipes), SETTLE_SECONDS)
-                    cpu = meter.stop()
-                    rate, received, sent = burst_rate(replies)
-                    throughput.ceiling.append(rate)
-                    add_cpu(throughput.cpu, {f"ceiling: {k}": v for k, v in cpu.items()})
-                    paced = fleet.command("paced", rate / 2 / len(fleet.pipes), seconds, SETTLE_SECONDS)
-                    lat = [x * 1000 for r in paced for x in r["latencies"]]
-                    p99.ceiling.append(percentile(lat, 99))
-                    samples["ceiling (amqtt + paho responder)"].extend(lat)
-                    print(f"    ceiling: {rate:,.0f}/s ({received}/{sent}); paced p99 {percentile(lat, 99):.1f} ms", flush=True)
-            finally:
-                fleet.close()
+            meter = CpuMeter()
+            meter.watch("amqtt broker", broker_pid)
+            with do_nothing_responder(None, size, meter, port=port):
+                _, lat, _ = burst_then_paced(port, meter, burst, seconds, "ceiling", throughput)
+            p99.ceiling.append(percentile(lat, 99))
+            samples["ceiling (amqtt + paho responder)"].extend(lat)
     throughput.notes = (
         f"burst of {burst:,} then {seconds:.0f} s paced at half the rate reached; "
         f"offers lost over {ctx.rounds} rounds: {lost_total}"
@@ -157,6 +130,28 @@ def run(ctx: BenchContext) -> list[Result]:
     p99.samples = samples
     p99.notes = "each side paced at half its own burst rate"
     return [throughput, p99, lost]
+
+
+def burst_then_paced(
+    port: int, meter: CpuMeter, burst: int, seconds: float, kind: str, throughput: Result
+) -> tuple[float, list[float], int]:
+    """The 1,000-device fleet on ``port``: a burst (its rate goes into ``throughput``),
+    then ``seconds`` paced at half that rate. Returns (rate, latencies in ms, lost)."""
+    fleet = Fleet("127.0.0.1", port, SHAPE)
+    try:
+        fleet.watch(meter)
+        meter.start()
+        replies = fleet.command("burst", burst // len(fleet.pipes), SETTLE_SECONDS)
+        add_cpu(throughput.cpu, {f"{kind}: {k}": v for k, v in meter.stop().items()})
+        rate, received, sent = burst_rate(replies)
+        getattr(throughput, kind).append(rate)
+        paced = fleet.command("paced", rate / 2 / len(fleet.pipes), seconds, SETTLE_SECONDS)
+    finally:
+        fleet.close()
+    lat = [x * 1000 for r in paced for x in r["latencies"]]
+    lost = (sent - received) + sum(r["sent"] - r["received"] for r in paced)
+    print(f"    {kind}: {rate:,.0f}/s ({received}/{sent}); paced p99 {percentile(lat, 99):.1f} ms; lost {lost}", flush=True)
+    return rate, lat, lost
 
 
 def offer_size_on(port: int) -> int:

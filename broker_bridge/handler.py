@@ -45,8 +45,8 @@ from ota_core.models import (
     UpdateOffer,
     load_json_object,
 )
-from ota_core.offers import OfferBuilder
-from ota_core.policy import DeviceFacts, decide
+from ota_core.offers import OfferBuilder, facts_of
+from ota_core.policy import decide
 from ota_core.store.devices import AnnouncementSeen, RegistryEvent, StatusSeen
 from ota_core.topics import DeviceTopic, TopicKind, TopicScheme
 
@@ -159,13 +159,7 @@ class BridgeHandler:
             data = load_json_object(payload, "announcement", self._max_bytes)
             _check_device_matches(data, device_id, "announcement")
             announcement = Announcement.from_mapping(data, "announcement")
-            facts = DeviceFacts(
-                device_id=device_id,
-                build_id=announcement.build_id,
-                version=announcement.version,
-                hardware=announcement.hardware,
-                channel=announcement.channel,
-            )
+            facts = facts_of(device_id, announcement)
             offers = self._offers
             try:
                 decision = decide(self._catalog(), facts)

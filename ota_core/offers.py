@@ -153,14 +153,20 @@ class OfferBuilder:
         announcement: Announcement,
         allowed: Callable[[Release, DeviceFacts], bool] | None = None,
     ) -> Offer:
-        facts = DeviceFacts(
-            device_id=device_id,
-            build_id=announcement.build_id,
-            version=announcement.version,
-            hardware=announcement.hardware,
-            channel=announcement.channel,
+        return self.for_device(
+            catalog, facts_of(device_id, announcement), announcement.request_id, allowed
         )
-        return self.for_device(catalog, facts, announcement.request_id, allowed)
+
+
+def facts_of(device_id: str, announcement: Announcement) -> DeviceFacts:
+    """What the release policy needs to know about an announcing device."""
+    return DeviceFacts(
+        device_id=device_id,
+        build_id=announcement.build_id,
+        version=announcement.version,
+        hardware=announcement.hardware,
+        channel=announcement.channel,
+    )
 
 
 def _json_str(text: str) -> bytes:
