@@ -1,7 +1,9 @@
 """Run the benchmark suite of issue 6 and write ``bench/RESULTS.md`` and ``bench/plots/``.
 
 usage (repo root): ``make bench`` or
-``.venv/bin/python -m bench.run [--rounds 3] [--only announce,push,...] [--quick]``
+``.venv/bin/python -m bench.run [--rounds 3] [--only announce,push,...] [--quick]``;
+the figures are also saved as ``RESULTS.json`` beside ``RESULTS.md`` (``--replot`` redraws
+the plots from it).
 
 Each section measures the product next to its ceiling on the same machine, in
 this one run, ``--rounds`` times; the report gives medians, spreads (min-max)
@@ -12,7 +14,9 @@ and ratios against the goals. ``--quick`` shrinks the loads for a smoke run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import logging
 import time
 import traceback
@@ -39,7 +43,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small loads, for a smoke run")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--plots", type=Path, default=BENCH_DIR / "plots")
+    parser.add_argument(
+        "--replot", action="store_true",
+        help="only redraw the plots from the JSON the last run saved beside --out",
+    )
     args = parser.parse_args()
+    saved = args.out.with_suffix(".json")
+    if args.replot:
+        plot([Result(**item) for item in json.loads(saved.read_text())], args.plots)
+        print(f"redrew {args.plots}/ from {saved}")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
 
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
@@ -67,7 +80,9 @@ def main() -> int:
         print(f"({name}: {time.monotonic() - t0:.0f} s)", flush=True)
     elapsed = time.monotonic() - started
     report = render(results, failures, ctx, elapsed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
+    saved.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
     plot(results, args.plots)
     print(f"\nwrote {args.out} and {args.plots}/ in {elapsed:.0f} s", flush=True)
     return 1 if failures else 0
@@ -146,22 +161,25 @@ def plot(results: list[Result], folder: Path) -> None:
     # Throughput-like figures (higher is better); latencies and times get their own plots.
     ratios = [r for r in results if r.ratio is not None and r.higher_is_better]
     if ratios:
-        fig, ax = plt.subplots(figsize=(9, 0.5 * len(ratios) + 2.0))
-        names = [f"{r.section}: {r.name}" for r in ratios]
+        fig, ax = plt.subplots(figsize=(12, 0.45 * len(ratios) + 1.8))
+        # One row per figure: the same name can come in two units (MB/s and requests/s).
+        names = [f"{r.section}: {r.name} ({r.unit})" for r in ratios]
+        ys = list(range(len(ratios)))
         medians = [r.ratio or 0.0 for r in ratios]
         ceiling = [r.ceiling_median or 1.0 for r in ratios]
-        lows = [m - min(r.product) / c for m, r, c in zip(medians, ratios, ceiling, strict=True)]
-        highs = [max(r.product) / c - m for m, r, c in zip(medians, ratios, ceiling, strict=True)]
+        lows = [max(0.0, m - min(r.product) / c) for m, r, c in zip(medians, ratios, ceiling, strict=True)]
+        highs = [max(0.0, max(r.product) / c - m) for m, r, c in zip(medians, ratios, ceiling, strict=True)]
         colors = ["tab:green" if r.met else "tab:red" if r.met is False else "tab:gray" for r in ratios]
-        ax.barh(names, medians, xerr=[lows, highs], color=colors, capsize=3)
-        for r, y in zip(ratios, range(len(ratios)), strict=True):
+        ax.barh(ys, medians, xerr=[lows, highs], color=colors, capsize=3)
+        for r, y in zip(ratios, ys, strict=True):
             if r.goal_ratio is not None:
                 ax.plot([r.goal_ratio, r.goal_ratio], [y - 0.4, y + 0.4], color="black", lw=2)
+        ax.set_yticks(ys, names, fontsize=8)
         ax.axvline(1.0, color="gray", ls="--", lw=1)
         ax.set_xlabel("product / ceiling (median of rounds; bars: min-max of rounds; black tick: goal)")
+        ax.set_title("throughput: product / ceiling (green: goal met, red: missed, gray: no ratio goal)", fontsize=10)
         ax.invert_yaxis()
         fig.tight_layout()
-        ax.set_title("throughput: product / ceiling (green: goal met, red: missed)")
         fig.savefig(folder / "ratios.png", dpi=110)
         plt.close(fig)
     for r in results:
