@@ -82,10 +82,22 @@ def main() -> int:
     report = render(results, failures, ctx, elapsed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
-    saved.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
+    saved.write_text(json.dumps([saveable(r) for r in results], indent=1) + "\n")
     plot(results, args.plots)
     print(f"\nwrote {args.out} and {args.plots}/ in {elapsed:.0f} s", flush=True)
     return 1 if failures else 0
+
+
+def saveable(r: Result, points: int = 1001) -> dict[str, object]:
+    """The result as JSON-ready data, each sample series cut to ``points`` quantiles (a
+    latency series has ~100,000 values; its CDF plot needs no more than this)."""
+    data = dataclasses.asdict(r)
+    for label, values in r.samples.items():
+        items = sorted(values)
+        if len(items) > points:
+            items = [items[round(i * (len(items) - 1) / (points - 1))] for i in range(points)]
+        data["samples"][label] = items
+    return data
 
 
 def one_line(r: Result) -> str:
