@@ -29,6 +29,7 @@ are counted and logged as lost, and a new child takes over.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -132,7 +133,10 @@ def _child_main(
     writer: RegistryWriter
 
     def report(_n: int = 0) -> None:
-        send(("status", writer.written, writer.dropped, writer.failures))
+        # Also called on the writer thread after each batch: a bridge that has gone away
+        # must not stop it (the main loop sees the closed pipe and writes what is left).
+        with contextlib.suppress(OSError):
+            send(("status", writer.written, writer.dropped, writer.failures))
 
     writer = RegistryWriter(registry.apply, max_backlog=max_backlog, on_written=report)
     writer.start()
@@ -144,19 +148,15 @@ def _child_main(
             now = (writer.written, writer.dropped, writer.failures)
             if now != last:
                 last = now
-                try:
-                    report()
-                except OSError:
-                    return
+                report()
 
     threading.Thread(target=heartbeat, name="ota-registry-heartbeat", daemon=True).start()
-    lost = 0
     try:
         while True:
             try:
                 message = conn.recv()
             except (EOFError, OSError):  # the bridge is gone: write what we have, then exit
-                lost = writer.stop()
+                writer.stop()
                 return
             kind = message[0]
             if kind == "events":

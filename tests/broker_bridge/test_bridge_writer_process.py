@@ -131,3 +131,45 @@ def test_a_full_backlog_drops_the_oldest_events(url: str, database: Database) ->
         w.stop()
     ids = {r.device_id for r in DeviceRegistry(database).all()}
     assert ids == {f"dev-{step}" for step in range(5, 15)}
+
+
+PARENT = """
+import sys, time
+from datetime import UTC, datetime
+from broker_bridge.writer_process import ProcessRegistryWriter
+from ota_core.models import Announcement
+from ota_core.store.devices import AnnouncementSeen
+
+w = ProcessRegistryWriter(sys.argv[1], log_level="WARNING")
+w.start()
+for i in range(100):
+    w.put(AnnouncementSeen(f"dev-{i}", Announcement(build_id="b"), None, datetime.now(UTC)))
+assert w.flush(30)
+for i in range(100, 150):
+    w.put(AnnouncementSeen(f"dev-{i}", Announcement(build_id="b"), None, datetime.now(UTC)))
+print(w.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_child_exits_when_the_bridge_is_killed(url: str, database: Database) -> None:
+    import subprocess
+    import sys
+
+    import psutil
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        parent.kill()
+        parent.wait(10)
+        # No orphan: the child sees the pipe close, writes what it holds, and exits.
+        child.wait(30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    ids = {r.device_id for r in DeviceRegistry(database).all()}
+    assert {f"dev-{i}" for i in range(100)} <= ids
