@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 from collections import deque
@@ -121,6 +122,11 @@ def _child_main(
     from ota_core.store.database import open_database
     from ota_core.store.devices import DeviceRegistry
 
+    # Ctrl-C in a terminal, or a service manager stopping the whole process group, signals
+    # this process too; the bridge decides when it stops (a "stop" message, or its end of
+    # the pipe closing), so that what is queued here is written first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(log_level, log_format)
     send_lock = threading.Lock()
 

@@ -173,3 +173,21 @@ def test_the_child_exits_when_the_bridge_is_killed(url: str, database: Database)
             parent.kill()
     ids = {r.device_id for r in DeviceRegistry(database).all()}
     assert {f"dev-{i}" for i in range(100)} <= ids
+
+
+def test_ctrl_c_and_sigterm_to_the_group_leave_the_child_to_the_bridge(
+    writer: ProcessRegistryWriter, database: Database
+) -> None:
+    """A terminal's Ctrl-C or a service manager's SIGTERM reaches the child too; it keeps
+    writing until the bridge tells it to stop, so nothing queued is lost."""
+    pid = writer.pid
+    assert pid is not None
+    writer.put(seen("warm-up", "build-1", 0))
+    assert writer.flush(WAIT)  # the child is up, its handlers installed
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    for step in range(100):
+        writer.put(seen(f"dev-{step}", "build-1", step))
+    assert writer.flush(WAIT)
+    assert writer.pid == pid and writer.failures == 0
+    assert len(DeviceRegistry(database).all()) == 101
