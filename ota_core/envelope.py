@@ -38,6 +38,7 @@ from ota_core.models import (
     Sha256Hex,
     _WireModel,
     canonical_json,
+    json_string,
     load_json_object,
 )
 from ota_core.signing import ReleaseSigner, ReleaseVerifier
@@ -50,12 +51,6 @@ CLOCK_SKEW_SECONDS = 300
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _plain(text: str) -> bool:
-    """True when JSON writes ``text`` as itself between quotes (printable ASCII, no
-    quote or backslash): then the canonical form can be written without json.dumps."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 @lru_cache(maxsize=64)
@@ -140,29 +135,15 @@ class OfferSigner:
         inputs were validated where they came from (topic, announcement, catalog).
         """
         digest = None if manifest is None else manifest_digest(manifest)
-        if _plain(device_id) and (nonce is None or _plain(nonce)):
-            # The canonical form written out directly (keys in sorted order); ~3x faster
-            # than json.dumps for the one thing the bridge does per message besides signing.
-            text = (
-                f'{{"device_id":"{device_id}","expires_at":{issued_at + ttl_seconds},'
-                f'"issued_at":{issued_at},"key_id":"{self.key_id}","manifest_sha256":'
-                f'{"null" if digest is None else f"{chr(34)}{digest}{chr(34)}"},'
-                f'"nonce":{"null" if nonce is None else f"{chr(34)}{nonce}{chr(34)}"},'
-                f'"status":"{status}"}}'
-            )
-            raw = text.encode("ascii")
-        else:
-            raw = canonical_json(
-                {
-                    "device_id": device_id,
-                    "nonce": nonce,
-                    "status": status,
-                    "manifest_sha256": digest,
-                    "issued_at": issued_at,
-                    "expires_at": issued_at + ttl_seconds,
-                    "key_id": self.key_id,
-                }
-            )
+        # canonical_json's bytes (sorted keys, no spaces) written out directly: ~3x faster
+        # than json.dumps, for the one thing the bridge does per message besides signing.
+        raw = (
+            f'{{"device_id":{json_string(device_id)},"expires_at":{issued_at + ttl_seconds},'
+            f'"issued_at":{issued_at},"key_id":{json_string(self.key_id)},'
+            f'"manifest_sha256":{"null" if digest is None else json_string(digest)},'
+            f'"nonce":{"null" if nonce is None else json_string(nonce)},'
+            f'"status":{json_string(status)}}}'
+        ).encode("ascii")
         return raw.decode("ascii"), self.private_key.sign(raw).hex()
 
 

@@ -42,6 +42,18 @@ def canonical_json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def json_string(text: str) -> str:
+    """``text`` as a JSON string: the same characters ``canonical_json`` and pydantic write.
+
+    For printable ASCII (ids, hex, canonical JSON itself) only the backslash and the quote
+    are escaped, which is several times faster than ``json.dumps``; anything else goes
+    through ``json.dumps``. The bridge builds offers and envelopes with it, once per message.
+    """
+    if text.isascii() and text.isprintable():
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(text)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +10,15 @@ from typing import TypeVar
 from ota_core.catalog import Catalog
 from ota_core.envelope import OfferSigner
 from ota_core.errors import OtaError
-from ota_core.models import Announcement, ErrorReply, Offer, Release, UpdateOffer, UpToDate
+from ota_core.models import (
+    Announcement,
+    ErrorReply,
+    Offer,
+    Release,
+    UpdateOffer,
+    UpToDate,
+    json_string,
+)
 from ota_core.policy import Decision, DeviceFacts, decide
 
 #: How long a signed offer stays valid. A device that gets an older one (say,
@@ -170,11 +177,7 @@ def facts_of(device_id: str, announcement: Announcement) -> DeviceFacts:
 
 
 def _json_str(text: str) -> bytes:
-    """``text`` as a JSON string, the bytes pydantic and json.dumps write for it."""
-    if text.isascii() and text.isprintable():
-        # Printable ASCII: only the backslash and the quote are escaped.
-        return b'"' + text.encode("ascii").replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-    return json.dumps(text).encode("ascii")
+    return json_string(text).encode("ascii")
 
 
 def error_reply(device_id: str, request_id: str | None, error: OtaError) -> ErrorReply:
