@@ -134,7 +134,8 @@ def _do_nothing_responder(conn: Connection, host: str, port: int, size: int, pro
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from bench.loadgen import _nodelay_socket
+    # The simulator's own TCP_NODELAY hook, so both sides of the bench set it alike.
+    from ota_core.device.netloop import _nodelay as _nodelay_socket
 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,

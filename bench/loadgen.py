@@ -248,9 +248,3 @@ def serve(conn: Connection, host: str, port: int, ids: Sequence[str], mode: str,
         conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
         load.close()
-
-
-def _nodelay_socket(_client: Any, _userdata: Any, sock: Any) -> None:
-    import socket
-
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
